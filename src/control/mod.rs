@@ -1,0 +1,1 @@
+//! Control port: command parser (pure).

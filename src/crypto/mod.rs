@@ -1,0 +1,3 @@
+//! Cryptography: in-house Fernet codec, CSPRNG.
+pub mod fernet;
+pub mod rng;

@@ -1,0 +1,7 @@
+//! mcrelay: a secure, manageable UDP multicast relay.
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod core;
+pub mod crypto;
+pub mod wire;
