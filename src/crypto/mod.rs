@@ -1,3 +1,5 @@
-//! Cryptography: in-house Fernet codec, CSPRNG.
+//! Cryptography: in-house Fernet codec, CSPRNG, the relay's RSA key, cookies.
+pub mod cookie;
 pub mod fernet;
+pub mod key;
 pub mod rng;

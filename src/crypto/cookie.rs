@@ -1,0 +1,159 @@
+//! Stateless address-validation cookies (protocol.md §3).
+//!
+//! cookie = issued_ms u64 ‖ HMAC-SHA256(secret, ip ‖ port ‖ issued_ms)[..16]. The secret is
+//! rotated every `rotation`; the previous secret stays valid so a cookie minted just before a
+//! rotation still verifies. `issued_ms` is milliseconds on the relay's own clock.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::wire::COOKIE_LEN;
+
+/// Why a cookie was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieError {
+    Expired,
+    BadMac,
+}
+
+pub struct CookieJar {
+    secrets: [[u8; 32]; 2],
+    /// Rotation epoch of `secrets[0]`; `secrets[1]` belongs to `epoch - 1`.
+    epoch: u64,
+    rotation_ms: u64,
+    lifetime_ms: u64,
+}
+
+impl CookieJar {
+    pub fn new(first: [u8; 32], second: [u8; 32], rotation_ms: u64, lifetime_ms: u64) -> Self {
+        CookieJar {
+            secrets: [first, second],
+            epoch: 0,
+            rotation_ms: rotation_ms.max(1),
+            lifetime_ms,
+        }
+    }
+
+    /// Rotate if `now_ms` entered a new epoch; `fresh` is the next secret.
+    pub fn maybe_rotate(&mut self, now_ms: u64, mut fresh: impl FnMut() -> [u8; 32]) -> bool {
+        let epoch = now_ms / self.rotation_ms;
+        if epoch <= self.epoch {
+            return false;
+        }
+        self.secrets[1] = if epoch == self.epoch + 1 {
+            self.secrets[0]
+        } else {
+            fresh()
+        };
+        self.secrets[0] = fresh();
+        self.epoch = epoch;
+        true
+    }
+
+    pub fn rotation_ms(&self) -> u64 {
+        self.rotation_ms
+    }
+
+    fn mac(secret: &[u8; 32], addr: SocketAddr, issued_ms: u64) -> [u8; 16] {
+        let mut m =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+        match addr.ip() {
+            IpAddr::V4(ip) => m.update(&ip.octets()),
+            IpAddr::V6(ip) => m.update(&ip.octets()),
+        }
+        m.update(&addr.port().to_be_bytes());
+        m.update(&issued_ms.to_be_bytes());
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
+    pub fn mint(&self, addr: SocketAddr, now_ms: u64) -> [u8; COOKIE_LEN] {
+        let mut c = [0u8; COOKIE_LEN];
+        c[..8].copy_from_slice(&now_ms.to_be_bytes());
+        c[8..].copy_from_slice(&Self::mac(&self.secrets[0], addr, now_ms));
+        c
+    }
+
+    /// Verify a cookie for `addr`; returns its MAC (the identity used for single use).
+    pub fn verify(
+        &self,
+        addr: SocketAddr,
+        cookie: &[u8; COOKIE_LEN],
+        now_ms: u64,
+    ) -> Result<[u8; 16], CookieError> {
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&cookie[..8]);
+        let issued = u64::from_be_bytes(ts);
+        if issued > now_ms || now_ms - issued > self.lifetime_ms {
+            return Err(CookieError::Expired);
+        }
+        let epoch = issued / self.rotation_ms;
+        let secret = if epoch == self.epoch {
+            &self.secrets[0]
+        } else if epoch + 1 == self.epoch {
+            &self.secrets[1]
+        } else {
+            return Err(CookieError::Expired);
+        };
+        let want = Self::mac(secret, addr, issued);
+        if bool::from(want.ct_eq(&cookie[8..])) {
+            Ok(want)
+        } else {
+            Err(CookieError::BadMac)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn binds_address_port_and_time() {
+        let mut n = 2u8;
+        let mut fresh = || {
+            n += 1;
+            [n; 32]
+        };
+        let mut jar = CookieJar::new([1; 32], [2; 32], 60_000, 30_000);
+        let c = jar.mint(a("127.0.0.1:4000"), 1000);
+        assert!(jar.verify(a("127.0.0.1:4000"), &c, 1000).is_ok());
+        assert_eq!(
+            jar.verify(a("127.0.0.1:4001"), &c, 1000),
+            Err(CookieError::BadMac)
+        );
+        assert_eq!(
+            jar.verify(a("127.0.0.2:4000"), &c, 1000),
+            Err(CookieError::BadMac)
+        );
+        assert_eq!(
+            jar.verify(a("127.0.0.1:4000"), &c, 31_001),
+            Err(CookieError::Expired)
+        );
+        let mut forged = c;
+        forged[20] ^= 1;
+        assert_eq!(
+            jar.verify(a("127.0.0.1:4000"), &forged, 1000),
+            Err(CookieError::BadMac)
+        );
+        // Moving the timestamp invalidates the MAC.
+        let mut moved = c;
+        moved[7] ^= 1;
+        assert!(jar.verify(a("127.0.0.1:4000"), &moved, 2000).is_err());
+        // Survives one rotation, not two.
+        let c2 = jar.mint(a("127.0.0.1:4000"), 59_000);
+        assert!(jar.maybe_rotate(60_000, &mut fresh));
+        assert!(jar.verify(a("127.0.0.1:4000"), &c2, 60_500).is_ok());
+        assert!(jar.maybe_rotate(120_000, &mut fresh));
+        assert!(jar.verify(a("127.0.0.1:4000"), &c2, 80_000).is_err());
+    }
+}
