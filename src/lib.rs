@@ -3,5 +3,8 @@
 
 pub mod control;
 pub mod core;
+pub mod cli;
+pub mod client;
 pub mod crypto;
 pub mod wire;
+pub mod driver;

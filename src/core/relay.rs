@@ -189,6 +189,10 @@ pub struct RelayCore {
     plain: Vec<u8>,
     scratch: Vec<u8>,
     token: Vec<u8>,
+    /// Plaintext being sealed for recipients (SEQ patched per recipient).
+    seal_buf: Vec<u8>,
+    /// A token being cut into fragments.
+    frag_buf: Vec<u8>,
     shut_down: bool,
 }
 
@@ -239,6 +243,8 @@ impl RelayCore {
             plain: Vec::with_capacity(2048),
             scratch: Vec::with_capacity(2048),
             token: Vec::with_capacity(2048),
+            seal_buf: Vec::with_capacity(2048),
+            frag_buf: Vec::with_capacity(2048),
             shut_down: false,
         }
     }
@@ -642,14 +648,14 @@ impl RelayCore {
 
     // ---------------------------------------------------------------- output
 
-    /// Encrypt the plaintext in `self.plain` for session `slot` and queue it (fragmented if
+    /// Encrypt the plaintext in `self.seal_buf` for session `slot` and queue it (fragmented if
     /// needed). The SEQ value at `plain[4..12]` is patched with the session's next number.
     fn seal_plain_to(&mut self, now: Instant, slot: usize) -> bool {
         let unix = self.unix(now);
         let s = &mut self.sessions[slot];
         s.tx_seq += 1;
-        self.plain[4..12].copy_from_slice(&s.tx_seq.to_be_bytes());
-        let token_len = fernet::token_len(self.plain.len());
+        self.seal_buf[4..12].copy_from_slice(&s.tx_seq.to_be_bytes());
+        let token_len = fernet::token_len(self.seal_buf.len());
         let n = wire::datagrams_for_token(token_len);
         let wire_bytes = token_len + n * (TLV_HEADER + wire::FRAGMENT_HEADER);
         if !self.out.has_room(wire_bytes) {
@@ -660,13 +666,13 @@ impl RelayCore {
         if n == 1 {
             let start = self.out.buf.len();
             wire::put_tlv_header(&mut self.out.buf, outer::SEALED, token_len);
-            fernet::encrypt_into(&s.key, &iv, unix, &self.plain, &mut self.out.buf);
+            fernet::encrypt_into(&s.key, &iv, unix, &self.seal_buf, &mut self.out.buf);
             self.out.commit(s.addr, start);
         } else {
-            self.token.clear();
-            fernet::encrypt_into(&s.key, &iv, unix, &self.plain, &mut self.token);
+            self.frag_buf.clear();
+            fernet::encrypt_into(&s.key, &iv, unix, &self.seal_buf, &mut self.frag_buf);
             s.next_msg_id = s.next_msg_id.wrapping_add(1);
-            for (i, chunk) in self.token.chunks(FRAGMENT_CHUNK).enumerate() {
+            for (i, chunk) in self.frag_buf.chunks(FRAGMENT_CHUNK).enumerate() {
                 let start = self.out.buf.len();
                 wire::put_fragment(&mut self.out.buf, s.next_msg_id, i as u16, n as u16, chunk);
                 self.out.commit(s.addr, start);
@@ -679,15 +685,15 @@ impl RelayCore {
     }
 
     fn send_sealed(&mut self, now: Instant, slot: usize, body: &Body<'_>) {
-        self.plain.clear();
-        wire::write_inner(&mut self.plain, 0, body);
+        self.seal_buf.clear();
+        wire::write_inner(&mut self.seal_buf, 0, body);
         self.seal_plain_to(now, slot);
     }
 
     /// Send `body` to every session except `except`.
     fn broadcast(&mut self, now: Instant, except: Option<usize>, body: &Body<'_>) {
-        self.plain.clear();
-        wire::write_inner(&mut self.plain, 0, body);
+        self.seal_buf.clear();
+        wire::write_inner(&mut self.seal_buf, 0, body);
         let slots: Vec<usize> = self.sessions.iter().map(|(k, _)| k).filter(|&k| Some(k) != except).collect();
         for slot in slots {
             self.seal_plain_to(now, slot);
@@ -698,9 +704,9 @@ impl RelayCore {
     fn fan_out(&mut self, now: Instant, from_slot: usize, data: &[u8]) {
         let sender = &self.sessions[from_slot];
         let (id, name) = (sender.id, sender.name.clone());
-        self.plain.clear();
+        self.seal_buf.clear();
         wire::write_inner(
-            &mut self.plain,
+            &mut self.seal_buf,
             0,
             &Body::Message { sender: id, name: name.as_deref().map(str::as_bytes), data },
         );
