@@ -50,7 +50,6 @@ pub(crate) struct ControlServer {
     pub(crate) conns: Slab<Conn>,
     max_conns: usize,
     token_base: usize,
-    listener_token: Token,
     auth_token: Option<String>,
     pub(crate) local_addr: SocketAddr,
 }
@@ -72,7 +71,6 @@ impl ControlServer {
             conns: Slab::with_capacity(max_conns),
             max_conns,
             token_base,
-            listener_token,
             auth_token,
             local_addr,
         })
@@ -85,10 +83,6 @@ impl ControlServer {
     pub(crate) fn owns_conn(&self, t: Token) -> Option<usize> {
         let k = t.0.checked_sub(self.token_base)?;
         (k < self.max_conns && self.conns.contains(k)).then_some(k)
-    }
-
-    pub(crate) fn listener_token(&self) -> Token {
-        self.listener_token
     }
 
     /// Accept every pending connection (up to the cap; extra ones get one line and close).
@@ -326,7 +320,7 @@ impl ControlServer {
             c.close_after_flush = true;
         }
         self.flush(registry);
-        for (_, mut c) in self.conns.drain() {
+        for mut c in self.conns.drain() {
             let _ = registry.deregister(&mut c.stream);
         }
         let _ = registry.deregister(&mut self.listener);
