@@ -25,7 +25,9 @@ pub struct Flags {
 
 impl Flags {
     pub fn new(args: Vec<OsString>) -> Self {
-        Flags { args: pico_args::Arguments::from_vec(args) }
+        Flags {
+            args: pico_args::Arguments::from_vec(args),
+        }
     }
 
     pub fn switch(&mut self, name: &'static str) -> bool {
@@ -33,7 +35,11 @@ impl Flags {
     }
 
     /// `--name VALUE` or `$env` or `None`.
-    pub fn opt<T: FromStr>(&mut self, name: &'static str, env: &str) -> Result<Option<T>, UsageError>
+    pub fn opt<T: FromStr>(
+        &mut self,
+        name: &'static str,
+        env: &str,
+    ) -> Result<Option<T>, UsageError>
     where
         T::Err: std::fmt::Display,
     {
@@ -43,7 +49,10 @@ impl Flags {
             .map_err(|e| UsageError(format!("{name}: {e}")))?;
         let (raw, src) = match raw {
             Some(r) => (Some(r), name.to_string()),
-            None => (std::env::var(env).ok().filter(|v| !v.is_empty()), format!("${env}")),
+            None => (
+                std::env::var(env).ok().filter(|v| !v.is_empty()),
+                format!("${env}"),
+            ),
         };
         match raw {
             None => Ok(None),
@@ -54,7 +63,12 @@ impl Flags {
         }
     }
 
-    pub fn get<T: FromStr>(&mut self, name: &'static str, env: &str, default: T) -> Result<T, UsageError>
+    pub fn get<T: FromStr>(
+        &mut self,
+        name: &'static str,
+        env: &str,
+        default: T,
+    ) -> Result<T, UsageError>
     where
         T::Err: std::fmt::Display,
     {
@@ -84,8 +98,13 @@ impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-        let n: f64 = num.parse().map_err(|_| "expected a number with an optional unit (ms, s, m, h)".to_string())?;
+        let (num, unit) = s.split_at(
+            s.find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(s.len()),
+        );
+        let n: f64 = num
+            .parse()
+            .map_err(|_| "expected a number with an optional unit (ms, s, m, h)".to_string())?;
         let secs = match unit {
             "" | "s" => n,
             "ms" => n / 1000.0,
@@ -114,8 +133,12 @@ impl FromStr for Size {
             Some('G') => (&s[..s.len() - 1], 1 << 30),
             _ => (s, 1),
         };
-        let n: usize = num.parse().map_err(|_| "expected a size like 512, 64K, 8M".to_string())?;
-        n.checked_mul(mult).map(Size).ok_or_else(|| "too large".into())
+        let n: usize = num
+            .parse()
+            .map_err(|_| "expected a size like 512, 64K, 8M".to_string())?;
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| "too large".into())
     }
 }
 
@@ -134,7 +157,9 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
 
 /// UTC timestamp `2026-11-26T12:00:00.123Z` without a date library.
 pub fn utc_now() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Howard Hinnant's civil_from_days.
@@ -166,9 +191,18 @@ pub struct Logger {
 
 impl Logger {
     /// Install as the global logger.
-    pub fn install(level: log::LevelFilter, tap: Option<LogTap>) -> Result<(), log::SetLoggerError> {
-        let stderr = simple_logger::SimpleLogger::new().with_level(level).with_utc_timestamps();
-        log::set_boxed_logger(Box::new(Logger { stderr, stderr_level: level, tap }))?;
+    pub fn install(
+        level: log::LevelFilter,
+        tap: Option<LogTap>,
+    ) -> Result<(), log::SetLoggerError> {
+        let stderr = simple_logger::SimpleLogger::new()
+            .with_level(level)
+            .with_utc_timestamps();
+        log::set_boxed_logger(Box::new(Logger {
+            stderr,
+            stderr_level: level,
+            tap,
+        }))?;
         log::set_max_level(level);
         Ok(())
     }
@@ -183,7 +217,10 @@ impl log::Log for Logger {
             self.stderr.log(r);
         }
         if let Some(tap) = &self.tap {
-            tap.push(r.level(), format!("{} {:<5} {}", utc_now(), r.level(), r.args()));
+            tap.push(
+                r.level(),
+                format!("{} {:<5} {}", utc_now(), r.level(), r.args()),
+            );
         }
     }
     fn flush(&self) {
@@ -198,7 +235,10 @@ mod tests {
     #[test]
     fn durations_and_sizes() {
         assert_eq!("30".parse::<Dur>().unwrap().0, Duration::from_secs(30));
-        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
         assert!("fast".parse::<Dur>().is_err());
         assert!("5y".parse::<Dur>().is_err());

@@ -15,18 +15,35 @@ use crate::core::replay::ReplayWindow;
 use crate::crypto::fernet::{self, FernetKey};
 use crate::crypto::key::{self, hex};
 use crate::crypto::rng::Rng;
-use crate::wire::{self, Body, COOKIE_LEN, FRAGMENT_CHUNK, LeaveReason, MAX_BODY, Outer, TLV_HEADER, outer};
+use crate::wire::{
+    self, Body, COOKIE_LEN, FRAGMENT_CHUNK, LeaveReason, MAX_BODY, Outer, TLV_HEADER, outer,
+};
 
 /// Something the relay told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Registered: our id and the relay key's fingerprint.
-    Ready { id: u32, fingerprint: [u8; 32] },
-    Message { sender: u32, name: Option<String>, data: Vec<u8> },
-    Join { id: u32, name: Option<String> },
-    Leave { id: u32, reason: u8 },
+    Ready {
+        id: u32,
+        fingerprint: [u8; 32],
+    },
+    Message {
+        sender: u32,
+        name: Option<String>,
+        data: Vec<u8>,
+    },
+    Join {
+        id: u32,
+        name: Option<String>,
+    },
+    Leave {
+        id: u32,
+        reason: u8,
+    },
     /// Our session ended (kicked, replaced, or our disconnect acknowledged).
-    Closed { reason: u8 },
+    Closed {
+        reason: u8,
+    },
     Shutdown,
 }
 
@@ -35,9 +52,15 @@ pub enum Event {
 pub enum ClientError {
     Io(io::Error),
     /// The relay's key does not match the pinned fingerprint.
-    FingerprintMismatch { expected: String, got: String },
+    FingerprintMismatch {
+        expected: String,
+        got: String,
+    },
     BadPublicKey(String),
-    Rejected { code: u16, reason: String },
+    Rejected {
+        code: u16,
+        reason: String,
+    },
     Timeout(&'static str),
     TooLarge(usize),
     NotRegistered,
@@ -52,7 +75,9 @@ impl fmt::Display for ClientError {
                 "relay key fingerprint {got} does not match the expected {expected}: refusing to talk to it"
             ),
             ClientError::BadPublicKey(e) => write!(f, "relay sent an unusable public key: {e}"),
-            ClientError::Rejected { code, reason } => write!(f, "relay rejected us (code {code}): {reason}"),
+            ClientError::Rejected { code, reason } => {
+                write!(f, "relay rejected us (code {code}): {reason}")
+            }
             ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
             ClientError::TooLarge(n) => write!(f, "message of {n} bytes is larger than {MAX_BODY}"),
             ClientError::NotRegistered => write!(f, "not registered"),
@@ -107,12 +132,20 @@ pub struct ClientSession {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl ClientSession {
     /// `pin`: refuse any relay key with another fingerprint. `admission`: `(name, token)`.
-    pub fn new(mut rng: Rng, pin: Option<[u8; 32]>, admission: Option<(String, String)>, now: Instant) -> Self {
+    pub fn new(
+        mut rng: Rng,
+        pin: Option<[u8; 32]>,
+        admission: Option<(String, String)>,
+        now: Instant,
+    ) -> Self {
         let mut raw = [0u8; 32];
         rng.fill(&mut raw);
         ClientSession {
@@ -154,7 +187,11 @@ impl ClientSession {
     fn send_hello(&mut self, now: Instant) {
         self.state = State::Hello;
         let mut d = Vec::with_capacity(64);
-        Outer::Hello { min: wire::VERSION_MIN, max: wire::VERSION_MAX }.write(&mut d);
+        Outer::Hello {
+            min: wire::VERSION_MIN,
+            max: wire::VERSION_MAX,
+        }
+        .write(&mut d);
         self.transmits.push_back(d);
         self.last_sent = now;
     }
@@ -203,7 +240,10 @@ impl ClientSession {
                 Ok((public, fp)) => {
                     if let Some(pin) = self.pin {
                         if pin != fp {
-                            return self.fail(ClientError::FingerprintMismatch { expected: hex(&pin), got: hex(&fp) });
+                            return self.fail(ClientError::FingerprintMismatch {
+                                expected: hex(&pin),
+                                got: hex(&fp),
+                            });
                         }
                     }
                     self.relay_key = Some((public, fp));
@@ -211,7 +251,10 @@ impl ClientSession {
                 }
                 Err(e) => self.fail(ClientError::BadPublicKey(e.to_string())),
             },
-            (State::Hello | State::KeyRequest | State::Register, Outer::Reject { code, reason }) => {
+            (
+                State::Hello | State::KeyRequest | State::Register,
+                Outer::Reject { code, reason },
+            ) => {
                 match code {
                     2 | 3 => self.send_hello(now), // cookie trouble: start over
                     5 => {}                        // full: keep retrying on the timer
@@ -225,7 +268,15 @@ impl ClientSession {
                 let token = token.to_vec();
                 self.on_token(now, &token);
             }
-            (State::Register | State::Ready, Outer::Fragment { msg_id, index, count, chunk }) => {
+            (
+                State::Register | State::Ready,
+                Outer::Fragment {
+                    msg_id,
+                    index,
+                    count,
+                    chunk,
+                },
+            ) => {
                 if let Ok(Some(t)) = self.reassembly.insert(now, 0, msg_id, index, count, chunk) {
                     let token = t.to_vec();
                     self.on_token(now, &token);
@@ -236,7 +287,9 @@ impl ClientSession {
     }
 
     fn send_register(&mut self, now: Instant) {
-        let (Some(cookie), Some((public, _))) = (self.cookie, &self.relay_key) else { return };
+        let (Some(cookie), Some((public, _))) = (self.cookie, &self.relay_key) else {
+            return;
+        };
         let mut plain = self.key.to_base64().to_vec();
         if let Some((name, token)) = &self.admission {
             plain.push(b'\n');
@@ -247,7 +300,11 @@ impl ClientSession {
         match key::oaep_encrypt(public, &plain) {
             Ok(ct) => {
                 let mut d = Vec::new();
-                Outer::Register { cookie: &cookie, ciphertext: &ct }.write(&mut d);
+                Outer::Register {
+                    cookie: &cookie,
+                    ciphertext: &ct,
+                }
+                .write(&mut d);
                 self.transmits.push_back(d);
                 self.state = State::Register;
                 self.last_sent = now;
@@ -273,7 +330,9 @@ impl ClientSession {
     fn on_body(&mut self, body: Body<'_>) {
         let name = |n: Option<&[u8]>| n.map(|n| String::from_utf8_lossy(n).into_owned());
         let ev = match body {
-            Body::Welcome { id, keepalive_ms, .. } => {
+            Body::Welcome {
+                id, keepalive_ms, ..
+            } => {
                 if self.state != State::Register && !(self.state == State::Ready && id == self.id) {
                     return;
                 }
@@ -284,10 +343,21 @@ impl ClientSession {
                 if !first {
                     return;
                 }
-                Event::Ready { id, fingerprint: self.relay_fingerprint().unwrap_or_default() }
+                Event::Ready {
+                    id,
+                    fingerprint: self.relay_fingerprint().unwrap_or_default(),
+                }
             }
             _ if self.state != State::Ready => return,
-            Body::Message { sender, name: n, data } => Event::Message { sender, name: name(n), data: data.to_vec() },
+            Body::Message {
+                sender,
+                name: n,
+                data,
+            } => Event::Message {
+                sender,
+                name: name(n),
+                data: data.to_vec(),
+            },
             Body::Join { id, name: n } => Event::Join { id, name: name(n) },
             Body::Leave { id, reason } => Event::Leave { id, reason },
             Body::Closed { reason } => {
@@ -420,7 +490,12 @@ impl Client {
         let sock = client_socket(cfg)?;
         let rng = Rng::from_os().map_err(|e| ClientError::Io(io::Error::other(e.to_string())))?;
         let session = ClientSession::new(rng, cfg.pin, cfg.admission.clone(), Instant::now());
-        let mut c = Client { sock, to: SocketAddr::from((cfg.group, cfg.port)), session, buf: vec![0; 65536] };
+        let mut c = Client {
+            sock,
+            to: SocketAddr::from((cfg.group, cfg.port)),
+            session,
+            buf: vec![0; 65536],
+        };
         let deadline = Instant::now() + timeout;
         loop {
             c.flush()?;
@@ -466,10 +541,15 @@ impl Client {
     fn wait(&mut self, until: Instant) -> io::Result<()> {
         let now = Instant::now();
         if until > now {
-            self.sock.set_read_timeout(Some((until - now).max(Duration::from_millis(1))))?;
+            self.sock
+                .set_read_timeout(Some((until - now).max(Duration::from_millis(1))))?;
             match self.sock.recv_from(&mut self.buf) {
                 Ok((n, _)) => self.session.handle_datagram(Instant::now(), &self.buf[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -499,13 +579,19 @@ impl Client {
             if now >= deadline {
                 return Ok(None);
             }
-            let until = self.session.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            let until = self
+                .session
+                .poll_timeout()
+                .map_or(deadline, |t| t.min(deadline));
             self.wait(until.max(now + Duration::from_millis(1)))?;
         }
     }
 
     /// Wait for a message, skipping other events; `None` on timeout.
-    pub fn recv_message(&mut self, timeout: Duration) -> Result<Option<(u32, Vec<u8>)>, ClientError> {
+    pub fn recv_message(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(u32, Vec<u8>)>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -524,10 +610,16 @@ pub fn format_event(ev: &Event) -> String {
         Some(n) => format!("{id}@{n}"),
         None => id.to_string(),
     };
-    let reason = |r: u8| LeaveReason::from_u8(r).map(|r| r.word().to_string()).unwrap_or_else(|| r.to_string());
+    let reason = |r: u8| {
+        LeaveReason::from_u8(r)
+            .map(|r| r.word().to_string())
+            .unwrap_or_else(|| r.to_string())
+    };
     match ev {
         Event::Ready { id, fingerprint } => format!("ready {id} {}", hex(fingerprint)),
-        Event::Message { sender, name, data } => format!("msg {} {}", who(*sender, name), escape(data)),
+        Event::Message { sender, name, data } => {
+            format!("msg {} {}", who(*sender, name), escape(data))
+        }
         Event::Join { id, name } => format!("join {}", who(*id, name)),
         Event::Leave { id, reason: r } => format!("leave {id} {}", reason(*r)),
         Event::Closed { reason: r } => format!("closed {}", reason(*r)),
@@ -546,7 +638,9 @@ pub fn escape(data: &[u8]) -> String {
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
                 '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
                 c => out.push(c),
             }
         }

@@ -1,10 +1,10 @@
 //! mcrelay: a secure, manageable UDP multicast relay.
 #![forbid(unsafe_code)]
 
-pub mod control;
-pub mod core;
 pub mod cli;
 pub mod client;
+pub mod control;
+pub mod core;
 pub mod crypto;
-pub mod wire;
 pub mod driver;
+pub mod wire;

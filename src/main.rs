@@ -138,7 +138,9 @@ fn main() -> ExitCode {
         "ctl" => (CTL_HELP, ctl),
         "keygen" => (KEYGEN_HELP, keygen),
         other => {
-            eprintln!("mcrelay: unknown command {other:?} (serve, client, ctl, keygen; see --help)");
+            eprintln!(
+                "mcrelay: unknown command {other:?} (serve, client, ctl, keygen; see --help)"
+            );
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -180,18 +182,24 @@ fn log_level(flags: &mut Flags, default: log::LevelFilter) -> Result<log::LevelF
         return Ok(v);
     }
     match std::env::var("RUST_LOG") {
-        Ok(s) if !s.is_empty() => s
-            .parse()
-            .map_err(|_| UsageError(format!("$RUST_LOG: invalid level {s:?} (error|warn|info|debug|trace)"))),
+        Ok(s) if !s.is_empty() => s.parse().map_err(|_| {
+            UsageError(format!(
+                "$RUST_LOG: invalid level {s:?} (error|warn|info|debug|trace)"
+            ))
+        }),
         _ => Ok(default),
     }
 }
 
 fn read_token_file(path: &Path) -> Result<String, UsageError> {
-    let t = std::fs::read_to_string(path).map_err(|e| UsageError(format!("token file {}: {e}", path.display())))?;
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("token file {}: {e}", path.display())))?;
     let t = t.trim().to_string();
     if t.is_empty() || t.contains(char::is_whitespace) {
-        return Err(UsageError(format!("token file {}: must hold one token without spaces", path.display())));
+        return Err(UsageError(format!(
+            "token file {}: must hold one token without spaces",
+            path.display()
+        )));
     }
     Ok(t)
 }
@@ -200,27 +208,37 @@ fn control_token(flags: &mut Flags, flag: &'static str) -> Result<Option<String>
     let file: Option<PathBuf> = flags.opt(flag, "MCRELAY_CONTROL_TOKEN_FILE")?;
     match file {
         Some(p) => Ok(Some(read_token_file(&p)?)),
-        None => Ok(std::env::var("MCRELAY_CONTROL_TOKEN").ok().filter(|t| !t.trim().is_empty())),
+        None => Ok(std::env::var("MCRELAY_CONTROL_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())),
     }
 }
 
 /// `name token` per line; `#` comments and blank lines ignored.
 fn read_clients_file(path: &Path) -> Result<HashMap<String, String>, UsageError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| UsageError(format!("clients file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("clients file {}: {e}", path.display())))?;
     let mut map = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |why: &str| UsageError(format!("clients file {} line {}: {why}", path.display(), i + 1));
+        let bad = |why: &str| {
+            UsageError(format!(
+                "clients file {} line {}: {why}",
+                path.display(),
+                i + 1
+            ))
+        };
         let mut parts = line.split_whitespace();
         let (Some(name), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected `name token`"));
         };
         if name.len() > mcrelay::wire::MAX_NAME
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
             return Err(bad("name must be 1-32 characters of A-Z a-z 0-9 . _ -"));
         }
@@ -262,22 +280,69 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
     net.max_control = f.get("--max-control", "MCRELAY_MAX_CONTROL", net.max_control)?;
     let key_file: Option<PathBuf> = f.opt("--key-file", "MCRELAY_KEY_FILE")?;
     let key_bits: usize = f.get("--key-bits", "MCRELAY_KEY_BITS", 2048)?;
-    cfg.client_timeout = f.get("--client-timeout", "MCRELAY_CLIENT_TIMEOUT", Dur(cfg.client_timeout))?.0;
-    cfg.keepalive_interval = f.get("--keepalive", "MCRELAY_KEEPALIVE", Dur(cfg.keepalive_interval))?.0;
+    cfg.client_timeout = f
+        .get(
+            "--client-timeout",
+            "MCRELAY_CLIENT_TIMEOUT",
+            Dur(cfg.client_timeout),
+        )?
+        .0;
+    cfg.keepalive_interval = f
+        .get(
+            "--keepalive",
+            "MCRELAY_KEEPALIVE",
+            Dur(cfg.keepalive_interval),
+        )?
+        .0;
     cfg.max_clients = f.get("--max-clients", "MCRELAY_MAX_CLIENTS", cfg.max_clients)?;
     let mut limits = Limits::default();
-    limits.timeout = f.get("--reassembly-timeout", "MCRELAY_REASSEMBLY_TIMEOUT", Dur(limits.timeout))?.0;
-    limits.per_owner_messages =
-        f.get("--reassembly-per-client", "MCRELAY_REASSEMBLY_PER_CLIENT", limits.per_owner_messages)?;
-    limits.per_owner_bytes =
-        f.get("--reassembly-client-bytes", "MCRELAY_REASSEMBLY_CLIENT_BYTES", Size(limits.per_owner_bytes))?.0;
-    limits.total_bytes = f.get("--reassembly-total-bytes", "MCRELAY_REASSEMBLY_TOTAL_BYTES", Size(limits.total_bytes))?.0;
+    limits.timeout = f
+        .get(
+            "--reassembly-timeout",
+            "MCRELAY_REASSEMBLY_TIMEOUT",
+            Dur(limits.timeout),
+        )?
+        .0;
+    limits.per_owner_messages = f.get(
+        "--reassembly-per-client",
+        "MCRELAY_REASSEMBLY_PER_CLIENT",
+        limits.per_owner_messages,
+    )?;
+    limits.per_owner_bytes = f
+        .get(
+            "--reassembly-client-bytes",
+            "MCRELAY_REASSEMBLY_CLIENT_BYTES",
+            Size(limits.per_owner_bytes),
+        )?
+        .0;
+    limits.total_bytes = f
+        .get(
+            "--reassembly-total-bytes",
+            "MCRELAY_REASSEMBLY_TOTAL_BYTES",
+            Size(limits.total_bytes),
+        )?
+        .0;
     cfg.reassembly = limits;
-    cfg.token_ttl = f.get("--token-ttl", "MCRELAY_TOKEN_TTL", Dur(cfg.token_ttl))?.0;
-    cfg.max_clock_skew = f.get("--max-clock-skew", "MCRELAY_MAX_CLOCK_SKEW", Dur(cfg.max_clock_skew))?.0;
-    cfg.handshakes_per_sec = f.get("--handshakes-per-sec", "MCRELAY_HANDSHAKES_PER_SEC", cfg.handshakes_per_sec)?;
-    cfg.handshakes_per_source_per_sec =
-        f.get("--handshakes-per-source", "MCRELAY_HANDSHAKES_PER_SOURCE", cfg.handshakes_per_source_per_sec)?;
+    cfg.token_ttl = f
+        .get("--token-ttl", "MCRELAY_TOKEN_TTL", Dur(cfg.token_ttl))?
+        .0;
+    cfg.max_clock_skew = f
+        .get(
+            "--max-clock-skew",
+            "MCRELAY_MAX_CLOCK_SKEW",
+            Dur(cfg.max_clock_skew),
+        )?
+        .0;
+    cfg.handshakes_per_sec = f.get(
+        "--handshakes-per-sec",
+        "MCRELAY_HANDSHAKES_PER_SEC",
+        cfg.handshakes_per_sec,
+    )?;
+    cfg.handshakes_per_source_per_sec = f.get(
+        "--handshakes-per-source",
+        "MCRELAY_HANDSHAKES_PER_SOURCE",
+        cfg.handshakes_per_source_per_sec,
+    )?;
     let clients_file: Option<PathBuf> = f.opt("--clients-file", "MCRELAY_CLIENTS_FILE")?;
     if let Some(p) = &clients_file {
         cfg.admission = Some(read_clients_file(p)?);
@@ -301,26 +366,43 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
         Some(path) => {
             let (key, created) = ServerKey::load_or_create(path, key_bits).map_err(rt(1))?;
             if created {
-                log::info!("created key file {} ({key_bits} bits, mode 0600)", path.display());
+                log::info!(
+                    "created key file {} ({key_bits} bits, mode 0600)",
+                    path.display()
+                );
             }
             key
         }
         None => {
-            log::info!("generating an ephemeral {key_bits}-bit RSA key (use --key-file to keep one)");
+            log::info!(
+                "generating an ephemeral {key_bits}-bit RSA key (use --key-file to keep one)"
+            );
             ServerKey::generate(key_bits).map_err(rt(1))?
         }
     };
     let rng = Rng::from_os().map_err(rt(1))?;
     let now = Instant::now();
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let core = RelayCore::new(cfg, key, rng, now, unix);
 
     let mut poll = Poll::new().map_err(rt(1))?;
-    let tokens = TokenRange { start: RELAY_BASE, len: 3 + net.max_control };
-    let mut relay = Relay::new(core, net, poll.registry(), tokens, Some(tap), now).map_err(rt(1))?;
-    let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+    let tokens = TokenRange {
+        start: RELAY_BASE,
+        len: 3 + net.max_control,
+    };
+    let mut relay =
+        Relay::new(core, net, poll.registry(), tokens, Some(tap), now).map_err(rt(1))?;
+    let mut signals = signal_hook_mio::v1_0::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(rt(1))?;
+    poll.registry()
+        .register(&mut signals, SIGNAL, Interest::READABLE)
         .map_err(rt(1))?;
-    poll.registry().register(&mut signals, SIGNAL, Interest::READABLE).map_err(rt(1))?;
     sd_notify("READY=1");
 
     let mut events = Events::with_capacity(256);
@@ -330,7 +412,9 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
             relay.shutdown(poll.registry(), Instant::now());
             break;
         }
-        let timeout = relay.poll_timeout().map(|t| t.saturating_duration_since(Instant::now()));
+        let timeout = relay
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(Instant::now()));
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -354,12 +438,17 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
 
 /// Tell systemd (Type=notify) about our state, if it is listening.
 fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = path.as_encoded_bytes();
     let result = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
         sock.send_to(state.as_bytes(), Path::new(&path))
     };
@@ -390,7 +479,10 @@ const STDIN: Token = Token(2);
 
 fn default_known_relays() -> String {
     match std::env::var_os("HOME") {
-        Some(h) => Path::new(&h).join(".config/mcrelay/known_relays").display().to_string(),
+        Some(h) => Path::new(&h)
+            .join(".config/mcrelay/known_relays")
+            .display()
+            .to_string(),
         None => "off".into(),
     }
 }
@@ -408,7 +500,10 @@ fn remember_relay(path: &Path, endpoint: &str, fp: &[u8; 32]) -> io::Result<()> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     writeln!(f, "{endpoint} {}", hex(fp))
 }
 
@@ -419,17 +514,29 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
     cfg.iface = f.get("--iface", "MCRELAY_IFACE", cfg.iface)?;
     cfg.ttl = f.get("--ttl", "MCRELAY_TTL", cfg.ttl)?;
     let pin: Option<String> = f.opt("--server-fingerprint", "MCRELAY_SERVER_FINGERPRINT")?;
-    let known: String = f.get("--known-relays", "MCRELAY_KNOWN_RELAYS", default_known_relays())?;
+    let known: String = f.get(
+        "--known-relays",
+        "MCRELAY_KNOWN_RELAYS",
+        default_known_relays(),
+    )?;
     let name: Option<String> = f.opt("--name", "MCRELAY_NAME")?;
     let token: Option<String> = f.opt("--token", "MCRELAY_TOKEN")?;
-    let timeout = f.get("--timeout", "MCRELAY_CONNECT_TIMEOUT", Dur(Duration::from_secs(10)))?.0;
+    let timeout = f
+        .get(
+            "--timeout",
+            "MCRELAY_CONNECT_TIMEOUT",
+            Dur(Duration::from_secs(10)),
+        )?
+        .0;
     let level = log_level(&mut f, log::LevelFilter::Warn)?;
     f.finish()?;
     if cfg.ttl > 255 {
         return Err(UsageError("--ttl must be 0..=255".into()).into());
     }
     cfg.pin = pin
-        .map(|p| parse_fingerprint(&p).map_err(|e| UsageError(format!("--server-fingerprint: {e}"))))
+        .map(|p| {
+            parse_fingerprint(&p).map_err(|e| UsageError(format!("--server-fingerprint: {e}")))
+        })
         .transpose()?;
     cfg.admission = match (name, token) {
         (Some(n), Some(t)) => Some((n, t)),
@@ -452,10 +559,17 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
     let mut sock = mio::net::UdpSocket::from_std(std_sock);
     let to = SocketAddr::from((cfg.group, cfg.port));
     let mut poll = Poll::new().map_err(rt(1))?;
-    poll.registry().register(&mut sock, UDP, Interest::READABLE).map_err(rt(1))?;
-    let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+    poll.registry()
+        .register(&mut sock, UDP, Interest::READABLE)
         .map_err(rt(1))?;
-    poll.registry().register(&mut signals, SIGNAL, Interest::READABLE).map_err(rt(1))?;
+    let mut signals = signal_hook_mio::v1_0::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(rt(1))?;
+    poll.registry()
+        .register(&mut signals, SIGNAL, Interest::READABLE)
+        .map_err(rt(1))?;
     // stdin is read on its own thread (a regular file or a terminal cannot be polled reliably).
     let waker = std::sync::Arc::new(Waker::new(poll.registry(), STDIN).map_err(rt(1))?);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(1024);
@@ -477,7 +591,11 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
             }
         }
         if let Some(e) = session.take_error() {
-            let code = if matches!(e, mcrelay::client::ClientError::FingerprintMismatch { .. }) { 3 } else { 2 };
+            let code = if matches!(e, mcrelay::client::ClientError::FingerprintMismatch { .. }) {
+                3
+            } else {
+                2
+            };
             return Err(Failure::Runtime(code, e.to_string()));
         }
         while let Some(ev) = session.poll_event() {
@@ -492,7 +610,9 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
                                 hex(&fingerprint),
                                 p.display()
                             ),
-                            Err(e) => log::warn!("cannot remember the relay key in {}: {e}", p.display()),
+                            Err(e) => {
+                                log::warn!("cannot remember the relay key in {}: {e}", p.display())
+                            }
                         }
                     }
                     if !stdin_started {
@@ -538,7 +658,10 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
         }
         let now = Instant::now();
         if session.id().is_none() && quitting.is_none() && now.duration_since(start) > timeout {
-            return Err(Failure::Runtime(2, format!("no answer from a relay at {endpoint} within {timeout:?}")));
+            return Err(Failure::Runtime(
+                2,
+                format!("no answer from a relay at {endpoint} within {timeout:?}"),
+            ));
         }
         if let Some(q) = quitting {
             if now >= q {
@@ -638,9 +761,11 @@ fn ctl(mut f: Flags) -> Result<ExitCode, Failure> {
     let control: String = f.get("--control", "MCRELAY_CONTROL", "127.0.0.1:5008".to_string())?;
     let token = control_token(&mut f, "--token-file")?;
     let follow = f.switch("--follow");
-    let level: log::LevelFilter = f.get("--level", "MCRELAY_FOLLOW_LEVEL", log::LevelFilter::Info)?;
+    let level: log::LevelFilter =
+        f.get("--level", "MCRELAY_FOLLOW_LEVEL", log::LevelFilter::Info)?;
     let words = f.finish()?;
-    let addr = parse_control(&control)?.ok_or_else(|| UsageError("--control off makes no sense here".into()))?;
+    let addr = parse_control(&control)?
+        .ok_or_else(|| UsageError("--control off makes no sense here".into()))?;
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| Failure::Runtime(2, format!("cannot connect to {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
@@ -675,7 +800,10 @@ fn ctl(mut f: Flags) -> Result<ExitCode, Failure> {
         return match read_reply(&mut r, &mut out, true).map_err(io2)? {
             Some(true) => Ok(ExitCode::SUCCESS),
             Some(false) => Ok(ExitCode::from(1)),
-            None => Err(Failure::Runtime(2, "connection closed before the reply ended".into())),
+            None => Err(Failure::Runtime(
+                2,
+                "connection closed before the reply ended".into(),
+            )),
         };
     }
     // Interactive.
@@ -700,6 +828,9 @@ fn ctl(mut f: Flags) -> Result<ExitCode, Failure> {
     }
     let mut rest = String::new();
     let _ = r.read_to_string(&mut rest);
-    Ok(if last_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if last_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
-

@@ -13,25 +13,50 @@ fn three_clients_exchange_messages() {
     let relay = TestRelay::start(Config::default());
     let mut a = relay.client();
     let mut b = relay.client();
-    assert!(wait_for(&mut a, T, |e| *e == Event::Join { id: b.id(), name: None }).is_some());
+    assert!(
+        wait_for(&mut a, T, |e| *e
+            == Event::Join {
+                id: b.id(),
+                name: None
+            })
+        .is_some()
+    );
     let mut c = relay.client();
     for x in [&mut a, &mut b] {
         let cid = c.id();
-        assert!(wait_for(x, T, |e| *e == Event::Join { id: cid, name: None }).is_some());
+        assert!(
+            wait_for(x, T, |e| *e
+                == Event::Join {
+                    id: cid,
+                    name: None
+                })
+            .is_some()
+        );
     }
     assert!(a.id() != b.id() && b.id() != c.id() && a.id() != c.id());
 
     a.send(b"hello from a").unwrap();
     for x in [&mut b, &mut c] {
-        assert_eq!(x.recv_message(T).unwrap(), Some((a.id(), b"hello from a".to_vec())));
+        assert_eq!(
+            x.recv_message(T).unwrap(),
+            Some((a.id(), b"hello from a".to_vec()))
+        );
     }
     b.send(b"and b").unwrap();
     c.send(b"and c").unwrap();
-    let got_a: Vec<_> = (0..2).map(|_| a.recv_message(T).unwrap().unwrap()).collect();
+    let got_a: Vec<_> = (0..2)
+        .map(|_| a.recv_message(T).unwrap().unwrap())
+        .collect();
     assert!(got_a.contains(&(b.id(), b"and b".to_vec())));
     assert!(got_a.contains(&(c.id(), b"and c".to_vec())));
-    assert_eq!(b.recv_message(T).unwrap(), Some((c.id(), b"and c".to_vec())));
-    assert_eq!(c.recv_message(T).unwrap(), Some((b.id(), b"and b".to_vec())));
+    assert_eq!(
+        b.recv_message(T).unwrap(),
+        Some((c.id(), b"and c".to_vec()))
+    );
+    assert_eq!(
+        c.recv_message(T).unwrap(),
+        Some((b.id(), b"and b".to_vec()))
+    );
     // The sender never gets its own message back.
     assert_eq!(a.recv_message(Duration::from_millis(300)).unwrap(), None);
     assert_eq!(b.recv_message(Duration::from_millis(100)).unwrap(), None);
@@ -47,7 +72,9 @@ fn a_60_kib_message_arrives_whole_at_every_other_client() {
     let mut a = relay.client();
     let mut b = relay.client();
     let mut c = relay.client();
-    let big: Vec<u8> = (0..60 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..60 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     a.send(&big).unwrap();
     for x in [&mut b, &mut c] {
         let (from, data) = x.recv_message(T).unwrap().expect("big message");
@@ -57,7 +84,10 @@ fn a_60_kib_message_arrives_whole_at_every_other_client() {
     }
     // And the other way round, through the relay's fragmenter and the client's reassembler.
     b.send(&big[..50_000]).unwrap();
-    assert_eq!(a.recv_message(T).unwrap().unwrap().1, big[..50_000].to_vec());
+    assert_eq!(
+        a.recv_message(T).unwrap().unwrap().1,
+        big[..50_000].to_vec()
+    );
     let stats = relay.stop();
     assert!(stats.reassembled >= 2, "{stats:?}");
     assert!(stats.fragments_out > 100, "{stats:?}");
@@ -75,12 +105,23 @@ fn silent_client_times_out_and_others_are_told() {
     let silent_id = silent.id();
     let mut b = relay.client();
     // `silent` never calls recv_event again, so it sends no keep-alives; `b` does.
-    let ev = wait_for(&mut b, Duration::from_secs(5), |e| matches!(e, Event::Leave { .. }));
-    assert_eq!(ev, Some(Event::Leave { id: silent_id, reason: 2 }));
+    let ev = wait_for(&mut b, Duration::from_secs(5), |e| {
+        matches!(e, Event::Leave { .. })
+    });
+    assert_eq!(
+        ev,
+        Some(Event::Leave {
+            id: silent_id,
+            reason: 2
+        })
+    );
     // b, which kept alive, is still served: a newcomer's message reaches it.
     let mut c = relay.client();
     c.send(b"still here?").unwrap();
-    assert_eq!(b.recv_message(T).unwrap(), Some((c.id(), b"still here?".to_vec())));
+    assert_eq!(
+        b.recv_message(T).unwrap(),
+        Some((c.id(), b"still here?".to_vec()))
+    );
     drop(silent);
     let stats = relay.stop();
     assert_eq!(stats.timeouts, 1);
@@ -92,10 +133,23 @@ fn disconnect_is_acknowledged_and_announced() {
     let mut a = relay.client();
     let mut b = relay.client();
     let bid = b.id();
-    assert!(wait_for(&mut a, T, |e| *e == Event::Join { id: bid, name: None }).is_some());
+    assert!(
+        wait_for(&mut a, T, |e| *e
+            == Event::Join {
+                id: bid,
+                name: None
+            })
+        .is_some()
+    );
     b.disconnect().unwrap();
-    assert_eq!(wait_for(&mut b, T, |e| matches!(e, Event::Closed { .. })), Some(Event::Closed { reason: 1 }));
-    assert_eq!(wait_for(&mut a, T, |e| matches!(e, Event::Leave { .. })), Some(Event::Leave { id: bid, reason: 1 }));
+    assert_eq!(
+        wait_for(&mut b, T, |e| matches!(e, Event::Closed { .. })),
+        Some(Event::Closed { reason: 1 })
+    );
+    assert_eq!(
+        wait_for(&mut a, T, |e| matches!(e, Event::Leave { .. })),
+        Some(Event::Leave { id: bid, reason: 1 })
+    );
     let mut ctl = relay.control();
     assert_eq!(ctl.stat("clients"), 1);
 }
@@ -109,7 +163,10 @@ fn exit_on_the_control_port_stops_the_relay_and_notifies_clients() {
     let reply = ctl.cmd("exit");
     assert_eq!(reply.last().unwrap(), "OK");
     for x in [&mut a, &mut b] {
-        assert_eq!(wait_for(x, T, |e| *e == Event::Shutdown), Some(Event::Shutdown));
+        assert_eq!(
+            wait_for(x, T, |e| *e == Event::Shutdown),
+            Some(Event::Shutdown)
+        );
     }
     let stats = relay.join();
     assert_eq!(stats.handshakes_ok, 2);

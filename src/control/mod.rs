@@ -31,21 +31,42 @@ pub enum Command {
 impl Command {
     /// May run before `auth` succeeds.
     pub fn allowed_unauthenticated(&self) -> bool {
-        matches!(self, Command::Help | Command::Auth(_) | Command::Quit | Command::Ping)
+        matches!(
+            self,
+            Command::Help | Command::Auth(_) | Command::Quit | Command::Ping
+        )
     }
 }
 
 /// One line per command: `name args — description`.
 pub const HELP: &[(&str, &str)] = &[
     ("help", "list commands"),
-    ("auth <token>", "authenticate (when the relay has a control token)"),
-    ("stats", "counters: uptime, clients, traffic, handshakes, fragments, drops by reason"),
-    ("clients", "one line per client: id, address, name, since, last seen, traffic"),
-    ("kick <id|ip:port>", "remove a client now; it is told, the others see it leave"),
+    (
+        "auth <token>",
+        "authenticate (when the relay has a control token)",
+    ),
+    (
+        "stats",
+        "counters: uptime, clients, traffic, handshakes, fragments, drops by reason",
+    ),
+    (
+        "clients",
+        "one line per client: id, address, name, since, last seen, traffic",
+    ),
+    (
+        "kick <id|ip:port>",
+        "remove a client now; it is told, the others see it leave",
+    ),
     ("metrics", "the stats in Prometheus text exposition format"),
     ("config", "the effective settings (no secrets)"),
-    ("log on|off", "stream the relay's log on this connection (lines start with LOG)"),
-    ("log level <error|warn|info|debug|trace>", "the most verbose level streamed here"),
+    (
+        "log on|off",
+        "stream the relay's log on this connection (lines start with LOG)",
+    ),
+    (
+        "log level <error|warn|info|debug|trace>",
+        "the most verbose level streamed here",
+    ),
     ("ping", "answers OK"),
     ("shutdown", "stop the relay gracefully (alias: exit)"),
     ("quit", "close this connection"),
@@ -145,8 +166,16 @@ pub fn format_stats(out: &mut String, core: &RelayCore, now: Instant, started: I
         let _ = writeln!(out, "{name} {v}");
     }
     let _ = writeln!(out, "reassembly_bytes {}", core.reassembly_bytes());
-    let _ = writeln!(out, "reassemblies_in_flight {}", core.reassemblies_in_flight());
-    let _ = writeln!(out, "pending_registrations {}", core.pending_registrations());
+    let _ = writeln!(
+        out,
+        "reassemblies_in_flight {}",
+        core.reassemblies_in_flight()
+    );
+    let _ = writeln!(
+        out,
+        "pending_registrations {}",
+        core.pending_registrations()
+    );
     let _ = writeln!(out, "drops_total {}", s.total_drops());
     for d in Drop::ALL {
         let _ = writeln!(out, "drop.{} {}", d.name(), s.drops(*d));
@@ -180,18 +209,50 @@ pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant, started:
         let _ = writeln!(out, "# TYPE mcrelay_{name} {kind}");
         let _ = writeln!(out, "mcrelay_{name} {v}");
     };
-    gauge("uptime_seconds", "Seconds since the relay started.", "gauge", secs_since(now, started).floor());
-    gauge("clients", "Registered clients now.", "gauge", core.client_count() as f64);
-    gauge("reassembly_bytes", "Bytes held by incomplete reassemblies.", "gauge", core.reassembly_bytes() as f64);
+    gauge(
+        "uptime_seconds",
+        "Seconds since the relay started.",
+        "gauge",
+        secs_since(now, started).floor(),
+    );
+    gauge(
+        "clients",
+        "Registered clients now.",
+        "gauge",
+        core.client_count() as f64,
+    );
+    gauge(
+        "reassembly_bytes",
+        "Bytes held by incomplete reassemblies.",
+        "gauge",
+        core.reassembly_bytes() as f64,
+    );
     for (name, v) in s.counters() {
-        let kind = if name == "peak_clients" { "gauge" } else { "counter" };
+        let kind = if name == "peak_clients" {
+            "gauge"
+        } else {
+            "counter"
+        };
         let suffix = if kind == "counter" { "_total" } else { "" };
-        gauge(&format!("{name}{suffix}"), &name.replace('_', " "), kind, v as f64);
+        gauge(
+            &format!("{name}{suffix}"),
+            &name.replace('_', " "),
+            kind,
+            v as f64,
+        );
     }
-    let _ = writeln!(out, "# HELP mcrelay_drops_total Datagrams dropped, by reason.");
+    let _ = writeln!(
+        out,
+        "# HELP mcrelay_drops_total Datagrams dropped, by reason."
+    );
     let _ = writeln!(out, "# TYPE mcrelay_drops_total counter");
     for d in Drop::ALL {
-        let _ = writeln!(out, "mcrelay_drops_total{{reason=\"{}\"}} {}", d.name(), s.drops(*d));
+        let _ = writeln!(
+            out,
+            "mcrelay_drops_total{{reason=\"{}\"}} {}",
+            d.name(),
+            s.drops(*d)
+        );
     }
 }
 
@@ -207,10 +268,15 @@ mod tests {
         assert_eq!(parse("kick 7"), Ok(Command::Kick(KickTarget::Id(7))));
         assert_eq!(
             parse("kick 127.0.0.1:4000"),
-            Ok(Command::Kick(KickTarget::Addr("127.0.0.1:4000".parse().unwrap())))
+            Ok(Command::Kick(KickTarget::Addr(
+                "127.0.0.1:4000".parse().unwrap()
+            )))
         );
         assert_eq!(parse("log on"), Ok(Command::Log(true)));
-        assert_eq!(parse("log level debug"), Ok(Command::LogLevel(log::LevelFilter::Debug)));
+        assert_eq!(
+            parse("log level debug"),
+            Ok(Command::LogLevel(log::LevelFilter::Debug))
+        );
         assert_eq!(parse("auth s3cret"), Ok(Command::Auth("s3cret".into())));
     }
 
@@ -222,7 +288,11 @@ mod tests {
         assert!(parse("kick a b").unwrap_err().contains("usage"));
         assert!(parse("kick bob").unwrap_err().contains("not a client id"));
         assert!(parse("stats now").unwrap_err().contains("usage"));
-        assert!(parse("log level loud").unwrap_err().contains("unknown log level"));
+        assert!(
+            parse("log level loud")
+                .unwrap_err()
+                .contains("unknown log level")
+        );
         assert!(parse(&"x".repeat(5000)).unwrap_err().len() < 100);
     }
 

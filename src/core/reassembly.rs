@@ -76,7 +76,7 @@ pub const FREE_LIST_MAX: usize = 4;
 pub struct Limits {
     /// Concurrent reassemblies per owner (default 4).
     pub per_owner_messages: usize,
-    /// Bytes charged per owner (default 256 KiB).
+    /// Bytes charged per owner (default 384 KiB: four messages of the largest size).
     pub per_owner_bytes: usize,
     /// Bytes charged over all owners (default 8 MiB).
     pub total_bytes: usize,
@@ -88,7 +88,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             per_owner_messages: 4,
-            per_owner_bytes: 256 * 1024,
+            per_owner_bytes: 384 * 1024,
             total_bytes: 8 * 1024 * 1024,
             timeout: Duration::from_secs(5),
         }

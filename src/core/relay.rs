@@ -108,7 +108,10 @@ pub struct ClientInfo {
 #[derive(Debug, Clone, Copy)]
 enum Timer {
     /// Check the liveness of the session in slab slot `slot` if it still has id `id`.
-    Liveness { slot: usize, id: u32 },
+    Liveness {
+        slot: usize,
+        id: u32,
+    },
     Reassembly,
     CookieRotation,
 }
@@ -148,7 +151,10 @@ impl DropLog {
     fn allow(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
             if self.suppressed > 0 {
-                warn!("{} more dropped datagrams not logged (see `stats`)", self.suppressed);
+                warn!(
+                    "{} more dropped datagrams not logged (see `stats`)",
+                    self.suppressed
+                );
             }
             self.window = now;
             self.lines = 0;
@@ -221,7 +227,12 @@ impl RelayCore {
         timers.insert(now + cfg.cookie_rotation, Timer::CookieRotation);
         RelayCore {
             reassembly: Reassembler::new(cfg.reassembly.clone()),
-            out: Outbox { buf: Vec::new(), items: Vec::new(), head: 0, cap: cfg.max_send_queue },
+            out: Outbox {
+                buf: Vec::new(),
+                items: Vec::new(),
+                head: 0,
+                cap: cfg.max_send_queue,
+            },
             cfg,
             key,
             rng,
@@ -239,7 +250,11 @@ impl RelayCore {
             used_cookie_order: VecDeque::new(),
             pending: VecDeque::new(),
             stats: Stats::default(),
-            drop_log: DropLog { window: now, lines: 0, suppressed: 0 },
+            drop_log: DropLog {
+                window: now,
+                lines: 0,
+                suppressed: 0,
+            },
             plain: Vec::with_capacity(2048),
             scratch: Vec::with_capacity(2048),
             token: Vec::with_capacity(2048),
@@ -333,7 +348,9 @@ impl RelayCore {
                     }
                 }
             }
-            Outer::Register { cookie, ciphertext } => self.on_register(now, from, cookie, ciphertext, data.len()),
+            Outer::Register { cookie, ciphertext } => {
+                self.on_register(now, from, cookie, ciphertext, data.len())
+            }
             Outer::Sealed { token } => match self.by_addr.get(&from) {
                 Some(&slot) => {
                     let mut tok = std::mem::take(&mut self.token);
@@ -344,9 +361,12 @@ impl RelayCore {
                 }
                 None => self.dropped(now, from, Drop::UnknownSender),
             },
-            Outer::Fragment { msg_id, index, count, chunk } => {
-                self.on_fragment(now, from, msg_id, index, count, chunk)
-            }
+            Outer::Fragment {
+                msg_id,
+                index,
+                count,
+                chunk,
+            } => self.on_fragment(now, from, msg_id, index, count, chunk),
             Outer::Cookie { .. } | Outer::PublicKey { .. } | Outer::Reject { .. } => {
                 self.dropped(now, from, Drop::UnexpectedType)
             }
@@ -356,13 +376,18 @@ impl RelayCore {
     /// Queue a REJECT no larger than 3× the request (anti-amplification, protocol.md §8).
     fn reject(&mut self, to: SocketAddr, code: RejectCode, reason: &str, request_len: usize) {
         let budget = (request_len * 3).saturating_sub(TLV_HEADER + 2);
-        let mut reason = &reason.as_bytes()[..reason.len().min(budget).min(wire::MAX_REJECT_REASON)];
+        let mut reason =
+            &reason.as_bytes()[..reason.len().min(budget).min(wire::MAX_REJECT_REASON)];
         while std::str::from_utf8(reason).is_err() {
             reason = &reason[..reason.len() - 1];
         }
         let start = self.out.buf.len();
         if self.out.has_room(TLV_HEADER + 2 + reason.len()) {
-            Outer::Reject { code: code as u16, reason }.write(&mut self.out.buf);
+            Outer::Reject {
+                code: code as u16,
+                reason,
+            }
+            .write(&mut self.out.buf);
             self.out.commit(to, start);
         } else {
             self.stats.drop(Drop::SendQueueFull);
@@ -374,13 +399,21 @@ impl RelayCore {
         let hi = max.min(wire::VERSION_MAX);
         if lo > hi {
             self.dropped(now, from, Drop::UnsupportedVersion);
-            let reason = format!("relay speaks versions {}..={}", wire::VERSION_MIN, wire::VERSION_MAX);
+            let reason = format!(
+                "relay speaks versions {}..={}",
+                wire::VERSION_MIN,
+                wire::VERSION_MAX
+            );
             return self.reject(from, RejectCode::UnsupportedVersion, &reason, len);
         }
         let cookie = self.cookies.mint(from, self.now_ms(now));
         let start = self.out.buf.len();
         if self.out.has_room(TLV_HEADER + 2 + COOKIE_LEN) {
-            Outer::Cookie { version: hi, cookie: &cookie }.write(&mut self.out.buf);
+            Outer::Cookie {
+                version: hi,
+                cookie: &cookie,
+            }
+            .write(&mut self.out.buf);
             self.out.commit(from, start);
             self.stats.cookies_sent += 1;
         } else {
@@ -404,24 +437,46 @@ impl RelayCore {
                 };
                 self.dropped(now, from, d);
                 // Safe to answer: the REJECT is small and goes to whoever claims the address.
-                self.reject(from, RejectCode::BadCookie, "bad or expired cookie: send HELLO", len);
+                self.reject(
+                    from,
+                    RejectCode::BadCookie,
+                    "bad or expired cookie: send HELLO",
+                    len,
+                );
                 Err(())
             }
         }
     }
 
-    fn on_register(&mut self, now: Instant, from: SocketAddr, cookie: &[u8; COOKIE_LEN], ct: &[u8], len: usize) {
+    fn on_register(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        cookie: &[u8; COOKIE_LEN],
+        ct: &[u8],
+        len: usize,
+    ) {
         let Ok(mac) = self.check_cookie(now, from, cookie, len) else {
             return;
         };
         if self.used_cookies.contains(&mac) {
             self.dropped(now, from, Drop::CookieReused);
-            return self.reject(from, RejectCode::CookieReused, "cookie already used: send HELLO", len);
+            return self.reject(
+                from,
+                RejectCode::CookieReused,
+                "cookie already used: send HELLO",
+                len,
+            );
         }
         if ct.len() != self.key.modulus_len() {
             self.dropped(now, from, Drop::BadRegistration);
             self.stats.handshakes_failed += 1;
-            return self.reject(from, RejectCode::BadRegistration, "ciphertext length != modulus size", len);
+            return self.reject(
+                from,
+                RejectCode::BadRegistration,
+                "ciphertext length != modulus size",
+                len,
+            );
         }
         if self.pending.len() >= self.cfg.max_pending_registrations {
             return self.dropped(now, from, Drop::HandshakeQueueFull);
@@ -430,14 +485,19 @@ impl RelayCore {
             return self.dropped(now, from, Drop::HandshakeBudget);
         }
         self.remember_cookie(now, mac);
-        self.pending.push_back(PendingReg { from, ciphertext: ct.to_vec() });
+        self.pending.push_back(PendingReg {
+            from,
+            ciphertext: ct.to_vec(),
+        });
     }
 
     fn remember_cookie(&mut self, now: Instant, mac: [u8; 16]) {
         // Forget cookies that can no longer verify anyway; the set stays bounded by the
         // handshake budget × cookie lifetime.
         while let Some(&(old, at)) = self.used_cookie_order.front() {
-            if now.saturating_duration_since(at) <= self.cfg.cookie_lifetime + Duration::from_secs(1) {
+            if now.saturating_duration_since(at)
+                <= self.cfg.cookie_lifetime + Duration::from_secs(1)
+            {
                 break;
             }
             self.used_cookies.remove(&old);
@@ -451,7 +511,9 @@ impl RelayCore {
     pub fn process_registrations(&mut self, now: Instant, max: usize) -> usize {
         let mut n = 0;
         while n < max {
-            let Some(reg) = self.pending.pop_front() else { break };
+            let Some(reg) = self.pending.pop_front() else {
+                break;
+            };
             n += 1;
             self.register(now, reg);
         }
@@ -466,7 +528,12 @@ impl RelayCore {
             Err(_) => {
                 self.stats.handshakes_failed += 1;
                 self.dropped(now, from, Drop::BadRegistration);
-                return self.reject(from, RejectCode::BadRegistration, "RSA-OAEP decryption failed", len);
+                return self.reject(
+                    from,
+                    RejectCode::BadRegistration,
+                    "RSA-OAEP decryption failed",
+                    len,
+                );
             }
         };
         let (key_text, suffix) = plain.split_at(plain.len().min(44));
@@ -475,7 +542,12 @@ impl RelayCore {
             Err(_) => {
                 self.stats.handshakes_failed += 1;
                 self.dropped(now, from, Drop::BadRegistration);
-                return self.reject(from, RejectCode::BadRegistration, "not a 44-byte Fernet key", len);
+                return self.reject(
+                    from,
+                    RejectCode::BadRegistration,
+                    "not a 44-byte Fernet key",
+                    len,
+                );
             }
         };
         let name = match self.admit(suffix) {
@@ -483,7 +555,12 @@ impl RelayCore {
             Err(()) => {
                 self.stats.handshakes_failed += 1;
                 self.dropped(now, from, Drop::NotAdmitted);
-                return self.reject(from, RejectCode::NotAdmitted, "admission token missing or wrong", len);
+                return self.reject(
+                    from,
+                    RejectCode::NotAdmitted,
+                    "admission token missing or wrong",
+                    len,
+                );
             }
         };
         if let Some(&slot) = self.by_addr.get(&from) {
@@ -492,7 +569,10 @@ impl RelayCore {
                 self.stats.handshakes_ok += 1;
                 return self.send_welcome(now, slot);
             }
-            info!("client {} at {from} re-registered with a new key", self.sessions[slot].id);
+            info!(
+                "client {} at {from} re-registered with a new key",
+                self.sessions[slot].id
+            );
             self.remove_session(now, slot, LeaveReason::Replaced, true);
         }
         if self.sessions.len() >= self.cfg.max_clients {
@@ -518,18 +598,30 @@ impl RelayCore {
             bytes_out: 0,
         });
         self.by_addr.insert(from, slot);
-        self.timers.insert(now + self.cfg.client_timeout, Timer::Liveness { slot, id });
+        self.timers
+            .insert(now + self.cfg.client_timeout, Timer::Liveness { slot, id });
         self.stats.handshakes_ok += 1;
         self.stats.joins += 1;
         self.stats.peak_clients = self.stats.peak_clients.max(self.sessions.len() as u64);
         info!(
             "client {id}{} joined from {from} ({} connected)",
-            self.sessions[slot].name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            self.sessions[slot]
+                .name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
             self.sessions.len()
         );
         self.send_welcome(now, slot);
         let name = self.sessions[slot].name.clone();
-        self.broadcast(now, Some(slot), &Body::Join { id, name: name.as_deref().map(str::as_bytes) });
+        self.broadcast(
+            now,
+            Some(slot),
+            &Body::Join {
+                id,
+                name: name.as_deref().map(str::as_bytes),
+            },
+        );
     }
 
     /// Check the optional `\n name token` suffix against the admission list.
@@ -554,24 +646,40 @@ impl RelayCore {
         let name = s.name.clone();
         let body = Body::Welcome {
             id: s.id,
-            keepalive_ms: self.cfg.keepalive_interval.as_millis().min(u32::MAX as u128) as u32,
+            keepalive_ms: self
+                .cfg
+                .keepalive_interval
+                .as_millis()
+                .min(u32::MAX as u128) as u32,
             timeout_ms: self.cfg.client_timeout.as_millis().min(u32::MAX as u128) as u32,
             name: name.as_deref().map(str::as_bytes),
         };
         self.send_sealed(now, slot, &body);
     }
 
-    fn on_fragment(&mut self, now: Instant, from: SocketAddr, msg_id: u32, index: u16, count: u16, chunk: &[u8]) {
+    fn on_fragment(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg_id: u32,
+        index: u16,
+        count: u16,
+        chunk: &[u8],
+    ) {
         let Some(&slot) = self.by_addr.get(&from) else {
             return self.dropped(now, from, Drop::UnknownSender);
         };
         self.stats.fragments_in += 1;
         let owner = self.sessions[slot].id;
-        match self.reassembly.insert(now, owner, msg_id, index, count, chunk) {
+        match self
+            .reassembly
+            .insert(now, owner, msg_id, index, count, chunk)
+        {
             Ok(None) => {
                 if !self.reassembly_timer_armed {
                     self.reassembly_timer_armed = true;
-                    self.timers.insert(now + self.cfg.reassembly.timeout, Timer::Reassembly);
+                    self.timers
+                        .insert(now + self.cfg.reassembly.timeout, Timer::Reassembly);
                 }
             }
             Ok(Some(token)) => {
@@ -597,7 +705,12 @@ impl RelayCore {
         let from = self.sessions[slot].addr;
         let unix = self.unix(now);
         self.plain.clear();
-        let ts = match fernet::decrypt_into(&self.sessions[slot].key, token, &mut self.scratch, &mut self.plain) {
+        let ts = match fernet::decrypt_into(
+            &self.sessions[slot].key,
+            token,
+            &mut self.scratch,
+            &mut self.plain,
+        ) {
             Ok(ts) => ts,
             Err(_) => return self.dropped(now, from, Drop::BadToken),
         };
@@ -607,7 +720,11 @@ impl RelayCore {
             Some(self.cfg.token_ttl.as_secs()),
             self.cfg.max_clock_skew.as_secs(),
         ) {
-            let d = if matches!(e, FernetError::FromFuture) { Drop::TokenFromFuture } else { Drop::TokenExpired };
+            let d = if matches!(e, FernetError::FromFuture) {
+                Drop::TokenFromFuture
+            } else {
+                Drop::TokenExpired
+            };
             return self.dropped(now, from, d);
         }
         let plain = std::mem::take(&mut self.plain);
@@ -694,7 +811,12 @@ impl RelayCore {
     fn broadcast(&mut self, now: Instant, except: Option<usize>, body: &Body<'_>) {
         self.seal_buf.clear();
         wire::write_inner(&mut self.seal_buf, 0, body);
-        let slots: Vec<usize> = self.sessions.iter().map(|(k, _)| k).filter(|&k| Some(k) != except).collect();
+        let slots: Vec<usize> = self
+            .sessions
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|&k| Some(k) != except)
+            .collect();
         for slot in slots {
             self.seal_plain_to(now, slot);
         }
@@ -708,7 +830,11 @@ impl RelayCore {
         wire::write_inner(
             &mut self.seal_buf,
             0,
-            &Body::Message { sender: id, name: name.as_deref().map(str::as_bytes), data },
+            &Body::Message {
+                sender: id,
+                name: name.as_deref().map(str::as_bytes),
+                data,
+            },
         );
         // Iterate by slab key without allocating: keys are dense below `capacity`.
         let cap = self.sessions.capacity();
@@ -728,14 +854,33 @@ impl RelayCore {
             return;
         }
         if tell {
-            self.send_sealed(now, slot, &Body::Closed { reason: reason as u8 });
+            self.send_sealed(
+                now,
+                slot,
+                &Body::Closed {
+                    reason: reason as u8,
+                },
+            );
         }
         let s = self.sessions.remove(slot);
         self.by_addr.remove(&s.addr);
         self.reassembly.remove_owner(s.id);
         self.stats.leaves += 1;
-        info!("client {} ({}) left: {} ({} connected)", s.id, s.addr, reason.word(), self.sessions.len());
-        self.broadcast(now, None, &Body::Leave { id: s.id, reason: reason as u8 });
+        info!(
+            "client {} ({}) left: {} ({} connected)",
+            s.id,
+            s.addr,
+            reason.word(),
+            self.sessions.len()
+        );
+        self.broadcast(
+            now,
+            None,
+            &Body::Leave {
+                id: s.id,
+                reason: reason as u8,
+            },
+        );
     }
 
     // ---------------------------------------------------------------- operator actions
@@ -743,7 +888,11 @@ impl RelayCore {
     /// Remove a client now (control port `kick`). Returns its id if it existed.
     pub fn kick(&mut self, now: Instant, target: KickTarget) -> Option<u32> {
         let slot = match target {
-            KickTarget::Id(id) => self.sessions.iter().find(|(_, s)| s.id == id).map(|(k, _)| k)?,
+            KickTarget::Id(id) => self
+                .sessions
+                .iter()
+                .find(|(_, s)| s.id == id)
+                .map(|(k, _)| k)?,
             KickTarget::Addr(a) => *self.by_addr.get(&a)?,
         };
         let id = self.sessions[slot].id;
@@ -816,7 +965,8 @@ impl RelayCore {
                         rng.fill(&mut s);
                         s
                     });
-                    self.timers.insert(now + self.cfg.cookie_rotation, Timer::CookieRotation);
+                    self.timers
+                        .insert(now + self.cfg.cookie_rotation, Timer::CookieRotation);
                 }
             }
         }

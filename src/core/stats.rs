@@ -129,7 +129,11 @@ mod tests {
     #[test]
     fn drop_names_are_unique_snake_case() {
         let mut names: Vec<_> = Drop::ALL.iter().map(|d| d.name()).collect();
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Drop::ALL.len());

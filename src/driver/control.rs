@@ -91,7 +91,10 @@ impl ControlServer {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
                     if self.conns.len() >= self.max_conns {
-                        warn!("control: refusing {peer}: {} operators connected (--max-control)", self.max_conns);
+                        warn!(
+                            "control: refusing {peer}: {} operators connected (--max-control)",
+                            self.max_conns
+                        );
                         let _ = stream.write(b"ERR too many control connections\n");
                         continue;
                     }
@@ -140,7 +143,9 @@ impl ControlServer {
     /// Read what a connection sent; complete lines become requests (at most `max` per call
     /// so one chatty operator cannot starve the relay).
     pub(crate) fn read(&mut self, key: usize, requests: &mut Vec<Request>) {
-        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         loop {
             match c.stream.read(&mut buf) {
@@ -155,7 +160,9 @@ impl ControlServer {
                                 c.discarding = false;
                                 reply(c, &Err(format!("line longer than {MAX_LINE} bytes")), "");
                             } else {
-                                let line = String::from_utf8_lossy(&c.inbuf).trim_end_matches('\r').to_string();
+                                let line = String::from_utf8_lossy(&c.inbuf)
+                                    .trim_end_matches('\r')
+                                    .to_string();
                                 match control::parse(&line) {
                                     Ok(cmd) => requests.push(Request::Command(key, cmd)),
                                     Err(e) => reply(c, &Err(e), ""),
@@ -185,7 +192,9 @@ impl ControlServer {
 
     /// Check an `auth` attempt; returns the reply.
     pub(crate) fn auth(&mut self, key: usize, token: &str) -> Result<String, String> {
-        let Some(c) = self.conns.get_mut(key) else { return Err("gone".into()) };
+        let Some(c) = self.conns.get_mut(key) else {
+            return Err("gone".into());
+        };
         let Some(want) = &self.auth_token else {
             c.authed = true;
             return Ok("no token configured\n".into());
@@ -196,16 +205,27 @@ impl ControlServer {
             Ok(String::new())
         } else {
             c.auth_failures += 1;
-            warn!("control: failed auth from {} ({} of {MAX_AUTH_FAILURES})", c.peer, c.auth_failures);
+            warn!(
+                "control: failed auth from {} ({} of {MAX_AUTH_FAILURES})",
+                c.peer, c.auth_failures
+            );
             if c.auth_failures >= MAX_AUTH_FAILURES {
-                warn!("control: closing {} after {MAX_AUTH_FAILURES} failed auth attempts", c.peer);
+                warn!(
+                    "control: closing {} after {MAX_AUTH_FAILURES} failed auth attempts",
+                    c.peer
+                );
                 c.close_after_flush = true;
             }
             Err("authentication failed".into())
         }
     }
 
-    pub(crate) fn set_log(&mut self, key: usize, on: Option<bool>, level: Option<log::LevelFilter>) {
+    pub(crate) fn set_log(
+        &mut self,
+        key: usize,
+        on: Option<bool>,
+        level: Option<log::LevelFilter>,
+    ) {
         if let Some(c) = self.conns.get_mut(key) {
             if let Some(on) = on {
                 c.log_on = on;
@@ -256,7 +276,10 @@ impl ControlServer {
                     continue;
                 }
                 if c.logs_dropped > 0 {
-                    let note = format!("LOG WARN {} log lines dropped (slow reader)\n", c.logs_dropped);
+                    let note = format!(
+                        "LOG WARN {} log lines dropped (slow reader)\n",
+                        c.logs_dropped
+                    );
                     c.out.extend_from_slice(note.as_bytes());
                     c.logs_dropped = 0;
                 }
@@ -275,7 +298,10 @@ impl ControlServer {
             let token = self.conn_token(key);
             let c = &mut self.conns[key];
             if c.out.len() - c.out_pos > OUTPUT_CAP {
-                warn!("control: {} is not reading; its reply does not fit, closing it", c.peer);
+                warn!(
+                    "control: {} is not reading; its reply does not fit, closing it",
+                    c.peer
+                );
                 c.dead = true;
             }
             while !c.dead && c.out_pos < c.out.len() {
@@ -299,7 +325,11 @@ impl ControlServer {
             }
             let want_write = c.out_pos < c.out.len();
             if !c.dead && want_write != c.writable_interest {
-                let interest = if want_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+                let interest = if want_write {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
                 if registry.reregister(&mut c.stream, token, interest).is_err() {
                     c.dead = true;
                 } else {
@@ -328,7 +358,10 @@ impl ControlServer {
 
     /// Bytes queued for output on each connection (tests, stats).
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.conns.iter().map(|(_, c)| c.out.len() - c.out_pos).sum()
+        self.conns
+            .iter()
+            .map(|(_, c)| c.out.len() - c.out_pos)
+            .sum()
     }
 }
 
@@ -345,4 +378,3 @@ fn reply(c: &mut Conn, result: &Result<String, String>, _prefix: &str) {
         }
     }
 }
-

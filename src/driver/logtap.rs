@@ -30,7 +30,10 @@ pub struct LogTap {
 impl LogTap {
     /// A queue holding at most `cap` lines; beyond that new lines are dropped and counted.
     pub fn new(cap: usize) -> Self {
-        LogTap { inner: Arc::new(Mutex::new(Queue::default())), cap: cap.max(1) }
+        LogTap {
+            inner: Arc::new(Mutex::new(Queue::default())),
+            cap: cap.max(1),
+        }
     }
 
     pub fn push(&self, level: log::Level, text: String) {
@@ -44,7 +47,9 @@ impl LogTap {
 
     /// Move every queued line into `out`; returns how many were dropped since the last drain.
     pub fn drain_into(&self, out: &mut Vec<LogLine>) -> u64 {
-        let Ok(mut q) = self.inner.lock() else { return 0 };
+        let Ok(mut q) = self.inner.lock() else {
+            return 0;
+        };
         out.extend(q.lines.drain(..));
         std::mem::take(&mut q.dropped)
     }

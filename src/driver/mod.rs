@@ -137,7 +137,10 @@ impl Relay {
         now: Instant,
     ) -> Result<Relay, StartError> {
         if !net.group.is_multicast() {
-            return Err(StartError::Config(format!("{} is not a multicast address", net.group)));
+            return Err(StartError::Config(format!(
+                "{} is not a multicast address",
+                net.group
+            )));
         }
         if tokens.len < 3 + net.max_control {
             return Err(StartError::Config(format!(
@@ -164,8 +167,15 @@ impl Relay {
             .map_err(|e| StartError::Io("register", e))?;
         let control = match net.control {
             Some(addr) => Some(
-                ControlServer::new(registry, addr, t(2), tokens.start + 3, net.max_control, net.control_token.clone())
-                    .map_err(|e| StartError::Io("bind the control port", e))?,
+                ControlServer::new(
+                    registry,
+                    addr,
+                    t(2),
+                    tokens.start + 3,
+                    net.max_control,
+                    net.control_token.clone(),
+                )
+                .map_err(|e| StartError::Io("bind the control port", e))?,
             ),
             None => None,
         };
@@ -174,10 +184,19 @@ impl Relay {
             net.group,
             net.port,
             net.iface,
-            ucast.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            control.as_ref().map(|c| c.local_addr.to_string()).unwrap_or_else(|| "off".into())
+            ucast
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            control
+                .as_ref()
+                .map(|c| c.local_addr.to_string())
+                .unwrap_or_else(|| "off".into())
         );
-        info!("relay key fingerprint (SHA-256 of SPKI DER): {}", core.key().fingerprint_hex());
+        info!(
+            "relay key fingerprint (SHA-256 of SPKI DER): {}",
+            core.key().fingerprint_hex()
+        );
         Ok(Relay {
             core,
             net,
@@ -232,11 +251,24 @@ impl Relay {
     /// Handle one readiness event for one of our tokens (others, stale and spurious events
     /// are ignored).
     pub fn handle_event(&mut self, registry: &Registry, event: &Event, now: Instant) {
-        self.handle_ready(registry, event.token(), event.is_readable(), event.is_writable(), now);
+        self.handle_ready(
+            registry,
+            event.token(),
+            event.is_readable(),
+            event.is_writable(),
+            now,
+        );
     }
 
     /// Same as `handle_event`, from plain flags.
-    pub fn handle_ready(&mut self, registry: &Registry, token: Token, readable: bool, writable: bool, now: Instant) {
+    pub fn handle_ready(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        now: Instant,
+    ) {
         if !self.owns(token) || self.stopped {
             return;
         }
@@ -266,7 +298,10 @@ impl Relay {
         self.read_more = false;
         for _ in 0..READ_BUDGET {
             match self.mcast.recv_from(&mut self.recv_buf) {
-                Ok((n, from)) => self.core.handle_datagram(now, from, &self.recv_buf[..n.min(MAX_DATAGRAM + 1)]),
+                Ok((n, from)) => {
+                    self.core
+                        .handle_datagram(now, from, &self.recv_buf[..n.min(MAX_DATAGRAM + 1)])
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -345,7 +380,11 @@ impl Relay {
                 Ok(body)
             }
             Command::Shutdown => {
-                let peer = ctl.conns.get(key).map(|c| c.peer.to_string()).unwrap_or_default();
+                let peer = ctl
+                    .conns
+                    .get(key)
+                    .map(|c| c.peer.to_string())
+                    .unwrap_or_default();
                 info!("control: shutdown requested by {peer}");
                 self.stop_requested = true;
                 Ok("shutting down\n".into())
@@ -362,23 +401,64 @@ impl Relay {
         let _ = writeln!(out, "group {}", n.group);
         let _ = writeln!(out, "port {}", n.port);
         let _ = writeln!(out, "iface {}", n.iface);
-        let _ = writeln!(out, "control {}", self.control_addr().map(|a| a.to_string()).unwrap_or("off".into()));
+        let _ = writeln!(
+            out,
+            "control {}",
+            self.control_addr()
+                .map(|a| a.to_string())
+                .unwrap_or("off".into())
+        );
         let _ = writeln!(out, "max_control {}", n.max_control);
-        let _ = writeln!(out, "control_auth {}", if n.control_token.is_some() { "on" } else { "off" });
+        let _ = writeln!(
+            out,
+            "control_auth {}",
+            if n.control_token.is_some() {
+                "on"
+            } else {
+                "off"
+            }
+        );
         let _ = writeln!(out, "key_bits {}", self.core.key().modulus_len() * 8);
         let _ = writeln!(out, "key_fingerprint {}", self.core.key().fingerprint_hex());
         let _ = writeln!(out, "client_timeout_ms {}", c.client_timeout.as_millis());
-        let _ = writeln!(out, "keepalive_interval_ms {}", c.keepalive_interval.as_millis());
+        let _ = writeln!(
+            out,
+            "keepalive_interval_ms {}",
+            c.keepalive_interval.as_millis()
+        );
         let _ = writeln!(out, "max_clients {}", c.max_clients);
-        let _ = writeln!(out, "reassembly_timeout_ms {}", c.reassembly.timeout.as_millis());
-        let _ = writeln!(out, "reassembly_per_client_messages {}", c.reassembly.per_owner_messages);
-        let _ = writeln!(out, "reassembly_per_client_bytes {}", c.reassembly.per_owner_bytes);
+        let _ = writeln!(
+            out,
+            "reassembly_timeout_ms {}",
+            c.reassembly.timeout.as_millis()
+        );
+        let _ = writeln!(
+            out,
+            "reassembly_per_client_messages {}",
+            c.reassembly.per_owner_messages
+        );
+        let _ = writeln!(
+            out,
+            "reassembly_per_client_bytes {}",
+            c.reassembly.per_owner_bytes
+        );
         let _ = writeln!(out, "reassembly_total_bytes {}", c.reassembly.total_bytes);
         let _ = writeln!(out, "token_ttl_s {}", c.token_ttl.as_secs());
         let _ = writeln!(out, "max_clock_skew_s {}", c.max_clock_skew.as_secs());
         let _ = writeln!(out, "handshakes_per_sec {}", c.handshakes_per_sec);
-        let _ = writeln!(out, "handshakes_per_source_per_sec {}", c.handshakes_per_source_per_sec);
-        let _ = writeln!(out, "admission {}", c.admission.as_ref().map(|a| format!("on ({} names)", a.len())).unwrap_or("off".into()));
+        let _ = writeln!(
+            out,
+            "handshakes_per_source_per_sec {}",
+            c.handshakes_per_source_per_sec
+        );
+        let _ = writeln!(
+            out,
+            "admission {}",
+            c.admission
+                .as_ref()
+                .map(|a| format!("on ({} names)", a.len()))
+                .unwrap_or("off".into())
+        );
     }
 
     fn flush_transmits(&mut self) {
@@ -477,7 +557,8 @@ impl Relay {
     }
 
     fn mcast_leave(&self) -> io::Result<()> {
-        self.mcast.leave_multicast_v4(&self.net.group, &self.net.iface)
+        self.mcast
+            .leave_multicast_v4(&self.net.group, &self.net.iface)
     }
 
     /// Bytes queued for operators (tests: proves output stays bounded).

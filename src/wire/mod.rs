@@ -23,7 +23,7 @@ pub const MAX_FRAGMENTS: usize = 74;
 /// Longest token that can be reassembled.
 pub const MAX_TOKEN: usize = MAX_FRAGMENTS * FRAGMENT_CHUNK;
 /// Largest message body (DATA) a client may send.
-pub const MAX_BODY: usize = 65536;
+pub const MAX_BODY: usize = 65535;
 /// Longest admission name (protocol.md §9).
 pub const MAX_NAME: usize = 32;
 /// Cookie length: issued_ms u64 + 16-byte MAC.

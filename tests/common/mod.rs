@@ -2,8 +2,8 @@
 //! 127.0.0.1), driven by its own mio Poll on a thread, plus client helpers.
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -41,9 +41,16 @@ pub fn server_key() -> ServerKey {
 pub fn unique_endpoint() -> (Ipv4Addr, u16) {
     static N: AtomicU16 = AtomicU16::new(1);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let pid = std::process::id();
-    (Ipv4Addr::new(239, 255, (pid % 250) as u8 + 1, (n % 250) as u8 + 1), port)
+    (
+        Ipv4Addr::new(239, 255, (pid % 250) as u8 + 1, (n % 250) as u8 + 1),
+        port,
+    )
 }
 
 pub struct TestRelay {
@@ -83,12 +90,23 @@ impl TestRelay {
             let mut poll = Poll::new().unwrap();
             let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
             let now = Instant::now();
-            let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
             let core = RelayCore::new(cfg, key, Rng::from_os().unwrap(), now, unix);
             let tap = LogTap::new(1024);
-            let mut relay =
-                Relay::new(core, net, poll.registry(), TokenRange { start: 10, len: 16 }, Some(tap), now).unwrap();
-            tx.send((relay.control_addr().unwrap(), waker.clone())).unwrap();
+            let mut relay = Relay::new(
+                core,
+                net,
+                poll.registry(),
+                TokenRange { start: 10, len: 16 },
+                Some(tap),
+                now,
+            )
+            .unwrap();
+            tx.send((relay.control_addr().unwrap(), waker.clone()))
+                .unwrap();
             let mut events = Events::with_capacity(256);
             loop {
                 if relay.stop_requested() || stop2.load(Ordering::SeqCst) {
@@ -112,7 +130,15 @@ impl TestRelay {
             relay.core().stats().clone()
         });
         let (control, waker) = rx.recv().expect("relay started");
-        TestRelay { group, port, control, fingerprint, waker, stop, thread: Some(thread) }
+        TestRelay {
+            group,
+            port,
+            control,
+            fingerprint,
+            waker,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -171,7 +197,10 @@ impl Control {
     pub fn connect(addr: SocketAddr) -> Control {
         let s = TcpStream::connect(addr).expect("control connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut c = Control { w: s.try_clone().unwrap(), r: BufReader::new(s) };
+        let mut c = Control {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        };
         let greeting = c.read_reply();
         assert!(greeting.last().unwrap() == "OK", "greeting: {greeting:?}");
         c
@@ -214,7 +243,11 @@ impl Control {
 }
 
 /// Wait up to `timeout` for an event matching `pred`, skipping others.
-pub fn wait_for(c: &mut Client, timeout: Duration, mut pred: impl FnMut(&Event) -> bool) -> Option<Event> {
+pub fn wait_for(
+    c: &mut Client,
+    timeout: Duration,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Option<Event> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
