@@ -238,13 +238,13 @@ impl ClientSession {
             }
             (State::KeyRequest, Outer::PublicKey { pem }) => match key::public_key_from_pem(pem) {
                 Ok((public, fp)) => {
-                    if let Some(pin) = self.pin {
-                        if pin != fp {
-                            return self.fail(ClientError::FingerprintMismatch {
-                                expected: hex(&pin),
-                                got: hex(&fp),
-                            });
-                        }
+                    if let Some(pin) = self.pin
+                        && pin != fp
+                    {
+                        return self.fail(ClientError::FingerprintMismatch {
+                            expected: hex(&pin),
+                            got: hex(&fp),
+                        });
                     }
                     self.relay_key = Some((public, fp));
                     self.send_register(now);
@@ -319,10 +319,10 @@ impl ClientSession {
             return;
         }
         let plain = std::mem::take(&mut self.plain);
-        if let Ok((seq, body)) = wire::parse_inner(&plain) {
-            if self.rx.mark(seq) {
-                self.on_body(body);
-            }
+        if let Ok((seq, body)) = wire::parse_inner(&plain)
+            && self.rx.mark(seq)
+        {
+            self.on_body(body);
         }
         self.plain = plain;
     }

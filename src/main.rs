@@ -124,7 +124,7 @@ fn main() -> ExitCode {
     }
     let cmd = args.remove(0).to_string_lossy().into_owned();
     let help = args.iter().any(|a| a == "-h" || a == "--help");
-    let (text, run): (&str, fn(Flags) -> Result<ExitCode, Failure>) = match cmd.as_str() {
+    let (text, run): (&str, Command) = match cmd.as_str() {
         "-h" | "--help" | "help" => {
             print!("{MAIN_HELP}");
             return ExitCode::SUCCESS;
@@ -160,6 +160,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// A subcommand's entry point.
+type Command = fn(Flags) -> Result<ExitCode, Failure>;
 
 enum Failure {
     Usage(UsageError),
@@ -546,11 +549,11 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
     let endpoint = format!("{}:{}", cfg.group, cfg.port);
     let known = (known != "off").then(|| PathBuf::from(known));
     let mut remembered = false;
-    if cfg.pin.is_none() {
-        if let Some(p) = &known {
-            cfg.pin = known_relay(p, &endpoint);
-            remembered = cfg.pin.is_some();
-        }
+    if cfg.pin.is_none()
+        && let Some(p) = &known
+    {
+        cfg.pin = known_relay(p, &endpoint);
+        remembered = cfg.pin.is_some();
     }
     Logger::install(level, None).map_err(rt(1))?;
 
@@ -663,10 +666,10 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
                 format!("no answer from a relay at {endpoint} within {timeout:?}"),
             ));
         }
-        if let Some(q) = quitting {
-            if now >= q {
-                return Ok(ExitCode::SUCCESS);
-            }
+        if let Some(q) = quitting
+            && now >= q
+        {
+            return Ok(ExitCode::SUCCESS);
         }
         let mut deadline = session.poll_timeout();
         if let Some(q) = quitting {
@@ -695,13 +698,11 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
                         }
                     }
                 },
-                SIGNAL => {
-                    if signals.pending().next().is_some() && quitting.is_none() {
-                        session.disconnect(now);
-                        quitting = Some(now + Duration::from_secs(1));
-                        if session.id().is_none() {
-                            return Ok(ExitCode::SUCCESS);
-                        }
+                SIGNAL if signals.pending().next().is_some() && quitting.is_none() => {
+                    session.disconnect(now);
+                    quitting = Some(now + Duration::from_secs(1));
+                    if session.id().is_none() {
+                        return Ok(ExitCode::SUCCESS);
                     }
                 }
                 _ => {}

@@ -90,7 +90,7 @@ impl TokenBucket {
         // `add.min(room) <= cap`, which fits in u64.
         let add = u64::try_from(add.min(room)).unwrap_or(0);
         self.units = (self.units + add).min(cap);
-        // no last
+        self.last = now;
     }
 
     fn has_token(&self) -> bool {

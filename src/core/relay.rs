@@ -226,7 +226,7 @@ impl RelayCore {
         let mut timers = TimerWheel::new(now, Duration::from_millis(10), 1024);
         timers.insert(now + cfg.cookie_rotation, Timer::CookieRotation);
         RelayCore {
-            reassembly: Reassembler::new(cfg.reassembly.clone()),
+            reassembly: Reassembler::new(cfg.reassembly),
             out: Outbox {
                 buf: Vec::new(),
                 items: Vec::new(),

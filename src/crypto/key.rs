@@ -101,7 +101,7 @@ impl ServerKey {
 
     /// A fresh key with e = 65537.
     pub fn generate(bits: usize) -> Result<Self, KeyError> {
-        if !(2048..=4096).contains(&bits) || bits % 8 != 0 {
+        if !(2048..=4096).contains(&bits) || !bits.is_multiple_of(8) {
             return Err(KeyError::BadSize(bits));
         }
         let private = PrivateKey::new(&mut getrandom::SysRng, bits)

@@ -148,13 +148,14 @@ impl Relay {
                 3 + net.max_control
             )));
         }
-        if let Some(addr) = net.control {
-            if !addr.ip().is_loopback() && net.control_token.is_none() {
-                return Err(StartError::Config(format!(
-                    "refusing to open the control port on non-loopback {addr} without a token \
+        if let Some(addr) = net.control
+            && !addr.ip().is_loopback()
+            && net.control_token.is_none()
+        {
+            return Err(StartError::Config(format!(
+                "refusing to open the control port on non-loopback {addr} without a token \
                      (set --control-token-file or MCRELAY_CONTROL_TOKEN, or bind to 127.0.0.1)"
-                )));
-            }
+            )));
         }
         let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
         let mut ucast = UdpSocket::from_std(unicast_socket(&net)?);
@@ -282,12 +283,11 @@ impl Relay {
                 }
             }
             _ => {
-                if let Some(c) = &mut self.control {
-                    if let Some(key) = c.owns_conn(token) {
-                        if readable || !writable {
-                            c.read(key, &mut self.requests);
-                        }
-                    }
+                if let Some(c) = &mut self.control
+                    && let Some(key) = c.owns_conn(token)
+                    && (readable || !writable)
+                {
+                    c.read(key, &mut self.requests);
                 }
             }
         }
@@ -492,10 +492,10 @@ impl Relay {
         if let Some(tap) = &self.log_tap {
             self.log_lines.clear();
             let dropped = tap.drain_into(&mut self.log_lines);
-            if let Some(c) = &mut self.control {
-                if !self.log_lines.is_empty() || dropped > 0 {
-                    c.push_logs(&self.log_lines, dropped);
-                }
+            if let Some(c) = &mut self.control
+                && (!self.log_lines.is_empty() || dropped > 0)
+            {
+                c.push_logs(&self.log_lines, dropped);
             }
         }
         if let Some(c) = &mut self.control {
