@@ -558,7 +558,7 @@ mod tests {
     fn defaults() {
         let l = Limits::default();
         assert_eq!(l.per_owner_messages, 4);
-        assert_eq!(l.per_owner_bytes, 256 * 1024);
+        assert_eq!(l.per_owner_bytes, 384 * 1024);
         assert_eq!(l.total_bytes, 8 * 1024 * 1024);
         assert_eq!(l.timeout, Duration::from_secs(5));
     }
@@ -738,11 +738,29 @@ mod tests {
         let mut r = Reassembler::new(Limits::default());
         assert_eq!(big_first(&mut r, now, 1, 0), Ok(()));
         assert_eq!(big_first(&mut r, now, 1, 1), Ok(()));
-        // 3 * 74 * 1188 > 256 KiB.
-        assert_eq!(big_first(&mut r, now, 1, 2), Err(FragmentError::OwnerLimit));
+        assert_eq!(big_first(&mut r, now, 1, 2), Ok(()));
+        // 4 * 74 * 1188 <= 384 KiB: the fourth fits, a fifth is over the message cap.
+        assert_eq!(big_first(&mut r, now, 1, 3), Ok(()));
+        assert_eq!(big_first(&mut r, now, 1, 4), Err(FragmentError::OwnerLimit));
         assert!(r.owner_bytes(1) <= Limits::default().per_owner_bytes);
+    }
+
+    #[test]
+    fn owner_byte_limit_binds_before_the_message_cap() {
+        let now = Instant::now();
+        let limits = Limits {
+            per_owner_messages: 8,
+            ..Limits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        for m in 0..4 {
+            assert_eq!(big_first(&mut r, now, 1, m), Ok(()));
+        }
+        // 5 * 74 * 1188 > 384 KiB.
+        assert_eq!(big_first(&mut r, now, 1, 4), Err(FragmentError::OwnerLimit));
+        assert!(r.owner_bytes(1) <= limits.per_owner_bytes);
         // A small message still fits in the remaining owner budget.
-        assert_eq!(r.insert(now, 1, 3, 0, 2, &[0u8; C]), Ok(None));
+        assert_eq!(r.insert(now, 1, 9, 0, 2, &[0u8; C]), Ok(None));
     }
 
     #[test]
