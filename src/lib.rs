@@ -1,5 +1,5 @@
 //! mcrelay: a secure, manageable UDP multicast relay.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod client;

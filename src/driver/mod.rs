@@ -1,6 +1,8 @@
 //! The mio driver: moves bytes between sockets and the [`RelayCore`]. Embeddable: it uses the
 //! host's [`Registry`] and a range of tokens the host gives it, never the `Poll` itself.
 
+#[allow(unsafe_code)]
+pub mod batch;
 mod control;
 pub mod logtap;
 
