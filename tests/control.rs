@@ -94,6 +94,55 @@ fn two_operators_help_and_errors_keep_the_connection_usable() {
 }
 
 #[test]
+fn operators_beyond_max_control_are_refused_politely() {
+    let relay = TestRelay::start_with(Config::default(), |net| net.max_control = 2);
+    let mut a = relay.control();
+    let _b = relay.control();
+    let s = TcpStream::connect(relay.control).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "ERR too many control connections\n");
+    assert!(closes(&mut r));
+    assert_ok(&a.cmd("ping"));
+}
+
+#[test]
+fn log_lines_are_marked_and_off_until_asked() {
+    let relay = TestRelay::start(Config::default());
+    let mut quiet = relay.control();
+    let mut loud = relay.control();
+    assert_ok(&loud.cmd("log on"));
+    // Each new operator is an info line; the tap is shared by parallel tests, so retry.
+    let deadline = Instant::now() + T;
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        drop(relay.control());
+        writeln!(loud.w, "ping").unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            loud.r.read_line(&mut line).unwrap();
+            if line.starts_with("LOG ") && line.contains("operator connected") {
+                seen = Some(line.clone());
+            }
+            if line == "OK\n" {
+                break;
+            }
+        }
+    }
+    let seen = seen.expect("a LOG line");
+    assert!(seen.contains(" INFO "), "{seen:?}");
+    // The quiet operator got replies only.
+    writeln!(quiet.w, "ping").unwrap();
+    let mut line = String::new();
+    quiet.r.read_line(&mut line).unwrap();
+    assert_eq!(line, "OK\n");
+    assert_ok(&loud.cmd("log off"));
+}
+
+#[test]
 fn pipelined_commands_then_half_close_are_all_answered() {
     let relay = TestRelay::start(Config::default());
     let mut s = TcpStream::connect(relay.control).unwrap();
