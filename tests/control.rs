@@ -708,3 +708,28 @@ fn normalize_rule() {
     );
     assert_ne!(normalize("clients 2"), normalize("client 2"));
 }
+
+#[test]
+fn shutdown_tells_clients_and_every_operator() {
+    let relay = TestRelay::start(Config::default());
+    let mut a = relay.client();
+    let mut other = relay.control();
+    let mut c = relay.control();
+    assert_eq!(
+        c.cmd("shutdown"),
+        vec!["shutting down".to_string(), "OK".to_string()]
+    );
+    assert_eq!(
+        wait_for(&mut a, T, |e| *e == Event::Shutdown),
+        Some(Event::Shutdown)
+    );
+    for op in [&mut c, &mut other] {
+        let mut rest = String::new();
+        op.r.read_to_string(&mut rest).unwrap();
+        assert!(
+            rest.lines().any(|l| l == "LOG INFO relay stopped"),
+            "{rest:?}"
+        );
+    }
+    relay.join();
+}
