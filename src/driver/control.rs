@@ -20,6 +20,8 @@ use crate::control::{self, Command, MAX_LINE};
 pub const LOG_BUDGET: usize = 64 * 1024;
 /// Output a connection may have queued at all; a reply past it closes the connection.
 pub const OUTPUT_CAP: usize = 1024 * 1024;
+/// Command lines taken from one connection in one read (it reads until WouldBlock).
+pub const MAX_REQUESTS_PER_READ: usize = 4096;
 /// Failed `auth` attempts before the connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -140,8 +142,7 @@ impl ControlServer {
         }
     }
 
-    /// Read what a connection sent; complete lines become requests (at most `max` per call
-    /// so one chatty operator cannot starve the relay).
+    /// Read what a connection sent (until WouldBlock); complete lines become requests.
     pub(crate) fn read(&mut self, key: usize, requests: &mut Vec<Request>) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
@@ -150,7 +151,9 @@ impl ControlServer {
         loop {
             match c.stream.read(&mut buf) {
                 Ok(0) => {
-                    c.dead = true;
+                    // The operator finished sending (it may have only half-closed, as
+                    // `nc -N` does): answer what it sent, then close.
+                    c.close_after_flush = true;
                     break;
                 }
                 Ok(n) => {
@@ -176,7 +179,18 @@ impl ControlServer {
                             c.inbuf.push(b);
                         }
                     }
-                    if requests.len() > 64 {
+                    // No early break to take turns: mio is edge-triggered, so stopping before
+                    // WouldBlock would strand the rest of the input until the operator sends
+                    // more. An operator who sends faster than this loop can read is flooding:
+                    // it is closed, like one whose replies pass OUTPUT_CAP.
+                    let flooding = requests.len() > MAX_REQUESTS_PER_READ;
+                    if flooding || c.out.len() - c.out_pos > OUTPUT_CAP {
+                        warn!(
+                            "control: {} sends faster than it reads replies; closing it",
+                            c.peer
+                        );
+                        c.dead = true;
+                        requests.retain(|r| !matches!(r, Request::Command(k, _) if *k == key));
                         break;
                     }
                 }
@@ -199,6 +213,11 @@ impl ControlServer {
             c.authed = true;
             return Ok("no token configured\n".into());
         };
+        // Attempts pipelined after the last allowed failure (same read) are refused unchecked:
+        // the connection is already closing.
+        if c.auth_failures >= MAX_AUTH_FAILURES {
+            return Err("authentication failed".into());
+        }
         if bool::from(want.as_bytes().ct_eq(token.as_bytes())) {
             c.authed = true;
             info!("control: {} authenticated", c.peer);

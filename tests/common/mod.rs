@@ -53,6 +53,19 @@ pub fn unique_endpoint() -> (Ipv4Addr, u16) {
     )
 }
 
+/// The test binary's global logger (stderr at error) feeding one shared LogTap, installed once.
+/// Every TestRelay drains this tap, so with relays running in parallel a log line reaches
+/// whichever relay drains first; operators raise the level with `log level debug`.
+pub fn log_tap() -> LogTap {
+    static TAP: OnceLock<LogTap> = OnceLock::new();
+    TAP.get_or_init(|| {
+        let tap = LogTap::new(4096);
+        let _ = mcrelay::cli::Logger::install(log::LevelFilter::Error, Some(tap.clone()));
+        tap
+    })
+    .clone()
+}
+
 pub struct TestRelay {
     pub group: Ipv4Addr,
     pub port: u16,
@@ -95,7 +108,7 @@ impl TestRelay {
                 .unwrap()
                 .as_secs();
             let core = RelayCore::new(cfg, key, Rng::from_os().unwrap(), now, unix);
-            let tap = LogTap::new(1024);
+            let tap = log_tap();
             let mut relay = Relay::new(
                 core,
                 net,
