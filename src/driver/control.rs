@@ -22,6 +22,8 @@ pub const LOG_BUDGET: usize = 64 * 1024;
 pub const OUTPUT_CAP: usize = 1024 * 1024;
 /// Command lines taken from one connection in one read (it reads until WouldBlock).
 pub const MAX_REQUESTS_PER_READ: usize = 4096;
+/// Kernel send buffer of a control connection (bounds memory held for a stalled operator).
+pub const SEND_BUFFER: usize = 64 * 1024;
 /// Failed `auth` attempts before the connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -38,6 +40,8 @@ pub(crate) struct Conn {
     logs_dropped: u64,
     auth_failures: u32,
     close_after_flush: bool,
+    /// False after `quit` or an auth lockout: later commands in the same input are ignored.
+    accepting: bool,
     dead: bool,
     writable_interest: bool,
 }
@@ -100,6 +104,8 @@ impl ControlServer {
                         let _ = stream.write(b"ERR too many control connections\n");
                         continue;
                     }
+                    // Bound what the kernel holds for a stalled operator too, not only our queue.
+                    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
                     let entry = self.conns.vacant_entry();
                     let token = Token(self.token_base + entry.key());
                     if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
@@ -121,6 +127,7 @@ impl ControlServer {
                         logs_dropped: 0,
                         auth_failures: 0,
                         close_after_flush: false,
+                        accepting: true,
                         dead: false,
                         writable_interest: false,
                     };
@@ -234,6 +241,7 @@ impl ControlServer {
                     c.peer
                 );
                 c.close_after_flush = true;
+                c.accepting = false;
             }
             Err("authentication failed".into())
         }
@@ -258,10 +266,26 @@ impl ControlServer {
     pub(crate) fn close_after_flush(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
             c.close_after_flush = true;
+            c.accepting = false;
         }
     }
 
     /// Queue a reply (body lines + terminator) on one connection.
+    /// Does this connection still take commands (not after `quit` or an auth lockout)?
+    pub(crate) fn accepts(&self, key: usize) -> bool {
+        self.conns.get(key).is_some_and(|c| c.accepting)
+    }
+
+    /// The most verbose level any authenticated operator streams (Off when none).
+    pub(crate) fn max_log_level(&self) -> log::LevelFilter {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.log_on && c.authed)
+            .map(|(_, c)| c.log_level)
+            .max()
+            .unwrap_or(log::LevelFilter::Off)
+    }
+
     pub(crate) fn reply(&mut self, key: usize, result: &Result<String, String>) {
         if let Some(c) = self.conns.get_mut(key) {
             reply(c, result, "");

@@ -21,7 +21,6 @@ use self::control::{ControlServer, Request};
 use self::logtap::{LogLine, LogTap};
 use crate::control::{Command, format_clients, format_help, format_metrics, format_stats};
 use crate::core::{Config, RelayCore};
-use crate::wire::MAX_DATAGRAM;
 
 /// Datagrams read per readiness event before other sources get a turn.
 const READ_BUDGET: usize = 256;
@@ -97,7 +96,9 @@ pub struct Relay {
     log_tap: Option<LogTap>,
     log_lines: Vec<LogLine>,
     requests: Vec<Request>,
-    recv_buf: Vec<u8>,
+    rx_batch: batch::RecvBatch,
+    /// The global log level before any operator raised it.
+    base_log_level: log::LevelFilter,
     started: Instant,
     /// The last read stopped at READ_BUDGET, not WouldBlock: read again before sleeping.
     read_more: bool,
@@ -210,7 +211,8 @@ impl Relay {
             log_tap,
             log_lines: Vec::new(),
             requests: Vec::new(),
-            recv_buf: vec![0u8; 65536],
+            rx_batch: batch::RecvBatch::default(),
+            base_log_level: log::max_level(),
             started: now,
             read_more: false,
             stop_requested: false,
@@ -298,16 +300,24 @@ impl Relay {
 
     fn read_datagrams(&mut self, now: Instant) {
         self.read_more = false;
-        for _ in 0..READ_BUDGET {
-            match self.mcast.recv_from(&mut self.recv_buf) {
-                Ok((n, from)) => {
-                    self.core
-                        .handle_datagram(now, from, &self.recv_buf[..n.min(MAX_DATAGRAM + 1)])
+        for _ in 0..READ_BUDGET / batch::BATCH {
+            match batch::recv_batch(&self.mcast, &mut self.rx_batch) {
+                Ok(n) => {
+                    for i in 0..n {
+                        // A truncated datagram is longer than any valid one: the core counts
+                        // it as oversized from its length alone.
+                        if let Some((from, bytes, _truncated)) = self.rx_batch.get(i) {
+                            self.core.handle_datagram(now, from, bytes);
+                        }
+                    }
+                    if n < batch::BATCH {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("recv_from: {e}");
+                    debug!("recvmmsg: {e}");
                     return;
                 }
             }
@@ -331,6 +341,9 @@ impl Relay {
 
     fn run_command(&mut self, now: Instant, key: usize, cmd: Command) {
         let Some(ctl) = &mut self.control else { return };
+        if !ctl.accepts(key) {
+            return;
+        }
         let authed = ctl.conns.get(key).map(|c| c.authed).unwrap_or(false);
         if !authed && !cmd.allowed_unauthenticated() {
             return ctl.reply(key, &Err("authentication required: auth <token>".into()));
@@ -372,9 +385,6 @@ impl Relay {
             }
             Command::LogLevel(l) => {
                 ctl.set_log(key, Some(true), Some(l));
-                if l > log::max_level() {
-                    log::set_max_level(l);
-                }
                 Ok(body)
             }
             Command::Quit => {
@@ -464,28 +474,17 @@ impl Relay {
     }
 
     fn flush_transmits(&mut self) {
-        loop {
-            let (mut sent, mut failed, mut retry) = (0, 0, false);
-            for (to, bytes) in self.core.transmits() {
-                match self.ucast.send_to(bytes, to) {
-                    Ok(_) => sent += 1,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                        retry = true;
-                        break;
-                    }
-                    Err(e) => {
-                        // This datagram is lost (counted); the rest keep their order.
-                        debug!("send_to {to}: {e}");
-                        failed = 1;
-                        retry = true;
-                        break;
-                    }
+        while self.core.has_transmits() {
+            match batch::send_batch(&self.ucast, self.core.transmits()) {
+                Ok(0) => return,
+                Ok(n) => self.core.advance_transmits(n, 0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // writable event resumes
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // The first pending datagram was refused (counted); the rest keep order.
+                    debug!("sendmmsg: {e}");
+                    self.core.advance_transmits(0, 1);
                 }
-            }
-            self.core.advance_transmits(sent, failed);
-            if !retry || !self.core.has_transmits() {
-                return;
             }
         }
     }
@@ -502,6 +501,12 @@ impl Relay {
         }
         if let Some(c) = &mut self.control {
             c.flush(registry);
+            // Stream only what someone reads: drop the global level back when operators
+            // lower theirs or leave.
+            let want = self.base_log_level.max(c.max_log_level());
+            if want != log::max_level() {
+                log::set_max_level(want);
+            }
         }
     }
 
