@@ -437,3 +437,85 @@ fn control_on_a_non_loopback_address_needs_a_token() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn client_remembers_a_relay_key_and_refuses_a_changed_one() {
+    let dir = tmpdir("known");
+    let known = dir.join("known_relays");
+    let first = serve(&[]);
+    let client = |group: &str, port: &str| {
+        bin()
+            .args([
+                "client",
+                "--group",
+                group,
+                "--port",
+                port,
+                "--iface",
+                "127.0.0.1",
+                "--ttl",
+                "0",
+            ])
+            .args(["--known-relays", known.to_str().unwrap(), "--timeout", "5s"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // First contact: trusted, printed, remembered; stdin EOF ends the session cleanly.
+    let out = client(&first.group, &first.port);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ready "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains(&first.fingerprint),
+        "{}",
+        text(&out.stderr)
+    );
+    let remembered = std::fs::read_to_string(&known).unwrap();
+    assert_eq!(
+        remembered.trim(),
+        format!("{}:{} {}", first.group, first.port, first.fingerprint)
+    );
+    // Same relay again: accepted silently.
+    let out = client(&first.group, &first.port);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (group, port) = (first.group.clone(), first.port.clone());
+    drop(first);
+
+    // Another key at the same group and port: refused with exit status 3.
+    let control = format!("127.0.0.1:{}", free_port());
+    let mut other = bin()
+        .args([
+            "serve",
+            "--group",
+            &group,
+            "--port",
+            &port,
+            "--iface",
+            "127.0.0.1",
+            "--control",
+            &control,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(other.stderr.take().unwrap());
+    expect_line(&stderr, "fingerprint log line", |l| {
+        l.contains("relay key fingerprint")
+    });
+    let out = client(&group, &port);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("ready"));
+    let _ = other.kill();
+    let _ = other.wait();
+}

@@ -171,3 +171,61 @@ fn exit_on_the_control_port_stops_the_relay_and_notifies_clients() {
     let stats = relay.join();
     assert_eq!(stats.handshakes_ok, 2);
 }
+
+#[test]
+fn admission_tokens_admit_known_clients_and_name_them() {
+    use mcrelay::client::{Client, ClientError};
+    let list = [("alice", "tok-a"), ("bob", "tok-b")]
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    let relay = TestRelay::start(Config {
+        admission: Some(list),
+        ..Config::default()
+    });
+    let mut cfg = relay.client_config();
+    cfg.admission = Some(("alice".into(), "tok-a".into()));
+    let mut alice = Client::connect(&cfg, T).unwrap();
+    cfg.admission = Some(("bob".into(), "tok-b".into()));
+    let mut bob = Client::connect(&cfg, T).unwrap();
+    let bob_id = bob.id();
+    assert!(
+        wait_for(&mut alice, T, |e| *e
+            == Event::Join {
+                id: bob_id,
+                name: Some("bob".into())
+            })
+        .is_some()
+    );
+    alice.send(b"hi bob").unwrap();
+    let got = wait_for(&mut bob, T, |e| matches!(e, Event::Message { .. }));
+    assert_eq!(
+        got,
+        Some(Event::Message {
+            sender: alice.id(),
+            name: Some("alice".into()),
+            data: b"hi bob".to_vec()
+        })
+    );
+    // Wrong token, unknown name, no credentials: refused with code 6, nobody else disturbed.
+    for adm in [Some(("alice", "wrong")), Some(("eve", "tok-a")), None] {
+        cfg.admission = adm.map(|(n, t)| (n.to_string(), t.to_string()));
+        match Client::connect(&cfg, T) {
+            Err(ClientError::Rejected { code: 6, .. }) => {}
+            Err(e) => panic!("{adm:?}: unexpected error {e}"),
+            Ok(_) => panic!("{adm:?} was admitted"),
+        }
+    }
+    let mut ctl = relay.control();
+    let clients = ctl.cmd("clients");
+    assert!(
+        clients.iter().any(|l| l.contains("name=alice")),
+        "{clients:?}"
+    );
+    assert!(
+        clients.iter().any(|l| l.contains("name=bob")),
+        "{clients:?}"
+    );
+    assert_eq!(ctl.stat("drop.not_admitted"), 3);
+    assert_eq!(ctl.stat("clients"), 2);
+}

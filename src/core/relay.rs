@@ -824,15 +824,15 @@ impl RelayCore {
 
     /// Re-encrypt a client's message for every other client, tagged with the sender's id.
     fn fan_out(&mut self, now: Instant, from_slot: usize, data: &[u8]) {
+        // Disjoint field borrows: no copy of the sender's name per message.
         let sender = &self.sessions[from_slot];
-        let (id, name) = (sender.id, sender.name.clone());
         self.seal_buf.clear();
         wire::write_inner(
             &mut self.seal_buf,
             0,
             &Body::Message {
-                sender: id,
-                name: name.as_deref().map(str::as_bytes),
+                sender: sender.id,
+                name: sender.name.as_deref().map(str::as_bytes),
                 data,
             },
         );
