@@ -242,7 +242,11 @@ fn seeded_simulation_keeps_its_invariants() {
                 0..=5 => {
                     if sim.clients[i].session.id().is_some() {
                         counter += 1;
-                        let size = if (r >> 16) % 8 == 0 { 3000 } else { 20 };
+                        let size = if (r >> 16).is_multiple_of(8) {
+                            3000
+                        } else {
+                            20
+                        };
                         let mut body = counter.to_be_bytes().to_vec();
                         body.resize(size, 0xab);
                         sim.clients[i].session.send(sim.now, &body).unwrap();
