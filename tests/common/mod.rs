@@ -276,3 +276,16 @@ pub fn wait_for(
 }
 
 pub const T: Duration = Duration::from_secs(5);
+
+impl Control {
+    /// Every `name value` line of `stats` (drop counters as `drop.<reason>`).
+    pub fn stats_map(&mut self) -> std::collections::HashMap<String, u64> {
+        self.cmd("stats")
+            .iter()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+}
