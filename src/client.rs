@@ -126,6 +126,10 @@ pub struct ClientSession {
     events: VecDeque<Event>,
     transmits: VecDeque<Vec<u8>>,
     error: Option<ClientError>,
+    /// Handshake retransmission delay: RETRY, doubled (up to 8 s) while the relay is full.
+    retry: Duration,
+    /// The last REJECT seen during the handshake.
+    last_reject: Option<(u16, String)>,
     plain: Vec<u8>,
     scratch: Vec<u8>,
     token: Vec<u8>,
@@ -148,6 +152,8 @@ impl ClientSession {
     ) -> Self {
         let mut raw = [0u8; 32];
         rng.fill(&mut raw);
+        // Unpredictable fragment ids: a spoofer cannot aim fragments at our next message.
+        let next_msg_id = rng.next_u64() as u32;
         ClientSession {
             state: State::Hello,
             key: FernetKey::from_bytes(&raw),
@@ -159,7 +165,7 @@ impl ClientSession {
             id: 0,
             tx_seq: 0,
             rx: ReplayWindow::new(),
-            next_msg_id: 0,
+            next_msg_id,
             reassembly: Reassembler::new(Limits::default()),
             keepalive: Duration::from_secs(10),
             last_sent: now,
@@ -168,6 +174,8 @@ impl ClientSession {
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             error: None,
+            retry: RETRY,
+            last_reject: None,
             plain: Vec::new(),
             scratch: Vec::new(),
             token: Vec::new(),
@@ -198,6 +206,10 @@ impl ClientSession {
 
     pub fn id(&self) -> Option<u32> {
         (self.state == State::Ready).then_some(self.id)
+    }
+    /// The last REJECT (code, reason) received while registering.
+    pub fn last_reject(&self) -> Option<&(u16, String)> {
+        self.last_reject.as_ref()
     }
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -255,9 +267,16 @@ impl ClientSession {
                 State::Hello | State::KeyRequest | State::Register,
                 Outer::Reject { code, reason },
             ) => {
+                self.last_reject = Some((code, String::from_utf8_lossy(reason).into_owned()));
                 match code {
                     2 | 3 => self.send_hello(now), // cookie trouble: start over
-                    5 => {}                        // full: keep retrying on the timer
+                    // Full: retry later, backing off (1 s, 2 s, 4 s, 8 s, 8 s, ...).
+                    5 => {
+                        self.retry =
+                            (self.retry * 2).clamp(Duration::from_secs(1), Duration::from_secs(8));
+                        self.state = State::Hello;
+                        self.last_sent = now;
+                    }
                     _ => self.fail(ClientError::Rejected {
                         code,
                         reason: String::from_utf8_lossy(reason).into_owned(),
@@ -426,7 +445,7 @@ impl ClientSession {
         match self.state {
             State::Closed => None,
             State::Ready => Some(self.last_sent + self.keepalive),
-            _ => Some(self.last_sent + RETRY),
+            _ => Some(self.last_sent + self.retry),
         }
     }
 
@@ -435,7 +454,9 @@ impl ClientSession {
         let _ = self.reassembly.expire(now);
         match self.state {
             State::Ready if now >= self.last_sent + self.keepalive => self.send_keepalive(now),
-            State::Hello | State::KeyRequest | State::Register if now >= self.last_sent + RETRY => {
+            State::Hello | State::KeyRequest | State::Register
+                if now >= self.last_sent + self.retry =>
+            {
                 self.send_hello(now)
             }
             _ => {}
@@ -473,6 +494,9 @@ pub fn client_socket(cfg: &ClientConfig) -> io::Result<UdpSocket> {
     sock.set_multicast_ttl_v4(cfg.ttl)?;
     let s2 = socket2::SockRef::from(&sock);
     s2.set_multicast_if_v4(&cfg.iface)?;
+    // A 74-fragment message is ~90 KB in one burst (protocol.md §6): best effort, capped by
+    // net.core.rmem_max.
+    let _ = s2.set_recv_buffer_size(1 << 20);
     Ok(sock)
 }
 
@@ -507,7 +531,13 @@ impl Client {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ClientError::Timeout("the relay's WELCOME"));
+                return Err(match c.session.last_reject() {
+                    Some((code, reason)) => ClientError::Rejected {
+                        code: *code,
+                        reason: reason.clone(),
+                    },
+                    None => ClientError::Timeout("the relay's WELCOME"),
+                });
             }
             c.wait(deadline.min(c.session.poll_timeout().unwrap_or(deadline)))?;
         }

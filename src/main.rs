@@ -61,6 +61,10 @@ FLAGS (default; environment variable):
     --handshakes-per-sec N        RSA decryptions per second, all sources (200; MCRELAY_HANDSHAKES_PER_SEC)
     --handshakes-per-source N     RSA decryptions per second per IP (10; MCRELAY_HANDSHAKES_PER_SOURCE)
     --clients-file PATH           admit only `name token` lines of PATH (anyone; MCRELAY_CLIENTS_FILE)
+    --max-pending-handshakes N    validated REGISTERs waiting for RSA (64; MCRELAY_MAX_PENDING_HANDSHAKES)
+    --cookie-lifetime DUR         how long an address cookie is valid (30s; MCRELAY_COOKIE_LIFETIME)
+    --send-queue-bytes SZ         outgoing datagrams waiting for the socket (4M; MCRELAY_SEND_QUEUE_BYTES)
+    --log-queue N                 log lines waiting for operators (4096; MCRELAY_LOG_QUEUE)
     --log-level LEVEL             error|warn|info|debug|trace (info; MCRELAY_LOG_LEVEL, then RUST_LOG)
     -h, --help                    this text
 ";
@@ -347,6 +351,26 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
         cfg.handshakes_per_source_per_sec,
     )?;
     let clients_file: Option<PathBuf> = f.opt("--clients-file", "MCRELAY_CLIENTS_FILE")?;
+    cfg.max_pending_registrations = f.get(
+        "--max-pending-handshakes",
+        "MCRELAY_MAX_PENDING_HANDSHAKES",
+        cfg.max_pending_registrations,
+    )?;
+    cfg.cookie_lifetime = f
+        .get(
+            "--cookie-lifetime",
+            "MCRELAY_COOKIE_LIFETIME",
+            Dur(cfg.cookie_lifetime),
+        )?
+        .0;
+    cfg.max_send_queue = f
+        .get(
+            "--send-queue-bytes",
+            "MCRELAY_SEND_QUEUE_BYTES",
+            Size(cfg.max_send_queue),
+        )?
+        .0;
+    let log_queue: usize = f.get("--log-queue", "MCRELAY_LOG_QUEUE", 4096)?;
     if let Some(p) = &clients_file {
         cfg.admission = Some(read_clients_file(p)?);
     }
@@ -362,7 +386,10 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
         return Err(UsageError("--max-control must be 1..=1024".into()).into());
     }
 
-    let tap = LogTap::new(4096);
+    if cfg.cookie_lifetime.is_zero() || cfg.cookie_lifetime >= cfg.cookie_rotation {
+        return Err(UsageError("--cookie-lifetime must be between 1ms and 60s".into()).into());
+    }
+    let tap = LogTap::new(log_queue);
     Logger::install(level, Some(tap.clone())).map_err(rt(1))?;
 
     let key = match &key_file {

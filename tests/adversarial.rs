@@ -562,9 +562,11 @@ fn forged_from_spoofed_address() {
     assert_eq!(delta(&before, &after, "drop.replay"), N);
     assert_eq!(delta(&before, &after, "drop.bad_token"), 3 * N);
     // The attacker's cookie has a fresh timestamp but the MAC is for its own address:
-    // `bad_cookie`; a made-up cookie's timestamp is implausible: `expired_cookie`.
-    assert_eq!(delta(&before, &after, "drop.bad_cookie"), N);
-    assert_eq!(delta(&before, &after, "drop.expired_cookie"), N);
+    // `bad_cookie`; a made-up cookie is a forgery too (a timestamp from the future), or, if
+    // its timestamp predates the relay's secrets, `expired_cookie`.
+    let bad = delta(&before, &after, "drop.bad_cookie");
+    assert!(bad >= N, "bad_cookie +{bad}");
+    assert_eq!(bad + delta(&before, &after, "drop.expired_cookie"), 2 * N);
     assert_eq!(
         delta(&before, &after, "keepalives"),
         0,
@@ -839,7 +841,7 @@ fn flood_of_registrations_with_bad_cookies_costs_no_rsa() {
         (bad + expired) * 10 >= sent * 9,
         "{bad} + {expired} of {sent}"
     );
-    assert!(bad > 0 && expired > 0);
+    assert!(bad > 0);
     assert_eq!(
         rsa_ops(&after),
         rsa_ops(&before),
@@ -984,7 +986,6 @@ fn fragment_flood_from_a_registered_client_stays_under_the_reassembly_cap() {
 }
 
 #[test]
-#[ignore = "BUG: ~24 registered attacker sessions (4 x 74-fragment first fragments each) fill the global 8 MiB reassembly cap, so every other client's large messages are dropped (fragment_limit) for as long as the attacker keeps refreshing them"]
 fn many_attacker_sessions_cannot_starve_others_of_reassembly() {
     let relay = TestRelay::start(Config {
         handshakes_per_source_per_sec: 100,
@@ -1141,7 +1142,6 @@ fn at_max_clients_the_newcomer_is_rejected_and_sessions_are_untouched() {
 }
 
 #[test]
-#[ignore = "BUG: client.rs retries every 0.5 s after REJECT(5) (relay full), each retry costing the relay an RSA decryption; protocol.md §3.6 says retry after seconds, with backoff"]
 fn a_client_rejected_as_full_backs_off() {
     let relay = TestRelay::start(Config {
         max_clients: 1,

@@ -198,6 +198,8 @@ pub struct Reassembler {
     free: Vec<Vec<u8>>,
     /// The last completed token, lent to the caller until the next call.
     out: Vec<u8>,
+    /// Reassemblies evicted to make room for a smaller holder (fair share).
+    evicted: u64,
 }
 
 impl Reassembler {
@@ -213,7 +215,13 @@ impl Reassembler {
             bytes: 0,
             free: Vec::with_capacity(FREE_LIST_MAX),
             out: Vec::new(),
+            evicted: 0,
         }
+    }
+
+    /// Reassemblies evicted since the last call (to count them as drops).
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
     }
 
     /// The caps in force.
@@ -369,6 +377,62 @@ impl Reassembler {
         }
     }
 
+    /// Fair share under the global cap: while `need` more bytes do not fit, evict the oldest
+    /// reassembly of the biggest other holder, as long as that holder keeps at least as much
+    /// as `owner` would hold with this message. A few registered flooders can then only
+    /// crowd each other out, never a client that holds less than they do.
+    fn make_room(&mut self, owner: u32, mine: usize, need: usize) {
+        if self.bytes.saturating_add(need) <= self.limits.total_bytes {
+            return;
+        }
+        // Plan first, evict only if the plan makes room: a refused fragment changes nothing.
+        let mut held: HashMap<u32, usize> = self
+            .owners
+            .iter()
+            .filter(|(o, _)| **o != owner)
+            .map(|(o, u)| (*o, u.bytes))
+            .collect();
+        let mut plan: Vec<usize> = Vec::new();
+        let mut freed = 0usize;
+        while self.bytes.saturating_sub(freed).saturating_add(need) > self.limits.total_bytes {
+            let Some((victim, bytes)) = held
+                .iter()
+                .map(|(o, b)| (*o, *b))
+                .max_by_key(|&(o, b)| (b, std::cmp::Reverse(o)))
+            else {
+                return;
+            };
+            if bytes < mine.saturating_add(need) {
+                return;
+            }
+            // The victim's oldest reassembly not yet planned.
+            let mut cur = self.head;
+            let mut pick = None;
+            while let Some(key) = cur {
+                let Some(p) = self.entries.get(key) else {
+                    break;
+                };
+                if p.owner == victim && !plan.contains(&key) {
+                    pick = Some((key, p.charge));
+                    break;
+                }
+                cur = p.next;
+            }
+            let Some((key, charge)) = pick else { return };
+            plan.push(key);
+            freed += charge;
+            if let Some(b) = held.get_mut(&victim) {
+                *b = b.saturating_sub(charge);
+            }
+        }
+        for key in plan {
+            if let Some(p) = self.remove_entry(key) {
+                self.recycle(p.buf);
+                self.evicted += 1;
+            }
+        }
+    }
+
     fn lookup(&self, owner: u32, msg_id: u32) -> Option<usize> {
         self.index.get(&(owner, msg_id)).copied()
     }
@@ -384,6 +448,12 @@ impl Reassembler {
         let need = usize::from(count) * FRAGMENT_CHUNK;
         let usage = self.owners.get(&owner).copied().unwrap_or_default();
         let limits = self.limits;
+        if usage.messages >= limits.per_owner_messages {
+            return Err(FragmentError::OwnerLimit);
+        }
+        if usage.bytes.saturating_add(need) <= limits.per_owner_bytes {
+            self.make_room(owner, usage.bytes, need);
+        }
         let global = self.bytes;
         let check = |charge: usize| -> Result<(), FragmentError> {
             if usage.bytes.saturating_add(charge) > limits.per_owner_bytes {
@@ -394,9 +464,6 @@ impl Reassembler {
                 Ok(())
             }
         };
-        if usage.messages >= limits.per_owner_messages {
-            return Err(FragmentError::OwnerLimit);
-        }
         check(need)?;
 
         // Best-fit recycled buffer whose whole capacity fits the caps and
@@ -768,31 +835,64 @@ mod tests {
         let now = Instant::now();
         let limits = Limits::default();
         let mut r = Reassembler::new(limits);
-        let mut accepted = 0usize;
-        let mut first_global = None;
         for owner in 0..1000u32 {
             for m in 0..4u32 {
                 match big_first(&mut r, now, owner, m) {
-                    Ok(()) => accepted += 1,
-                    Err(FragmentError::GlobalLimit) => {
-                        first_global.get_or_insert(owner);
-                    }
-                    Err(FragmentError::OwnerLimit) => {}
+                    Ok(()) | Err(FragmentError::GlobalLimit) | Err(FragmentError::OwnerLimit) => {}
                     Err(e) => panic!("unexpected {e:?}"),
                 }
                 assert!(r.bytes_in_use() <= limits.total_bytes);
             }
         }
-        assert!(first_global.is_some());
-        assert_eq!(accepted, limits.total_bytes / (MAX_FRAGMENTS * C));
-        assert_eq!(r.in_flight(), accepted);
-        // Small messages still fit in the slack, then are refused too.
-        let slack = limits.total_bytes - r.bytes_in_use();
-        let mut small = 0;
-        while r.insert(now, 5000 + small, 0, 0, 2, &[0u8; C]).is_ok() {
-            small += 1;
+        assert!(r.in_flight() <= limits.total_bytes / (MAX_FRAGMENTS * C));
+        assert!(r.take_evicted() > 0);
+        assert_eq!(r.take_evicted(), 0);
+    }
+
+    #[test]
+    fn flooders_cannot_starve_a_client_that_holds_less() {
+        let now = Instant::now();
+        let limits = Limits::default();
+        let mut r = Reassembler::new(limits);
+        // 24 flooders with four largest messages each fill the global cap.
+        for owner in 1..=24u32 {
+            for m in 0..4u32 {
+                let _ = big_first(&mut r, now, owner, m);
+            }
         }
-        assert_eq!(small as usize, slack / (2 * C));
+        assert!(r.bytes_in_use() + MAX_FRAGMENTS * C > limits.total_bytes);
+        r.take_evicted();
+        // A client holding nothing still gets its large message in, and completes it.
+        for i in 0..MAX_FRAGMENTS as u16 - 1 {
+            assert_eq!(
+                r.insert(now, 100, 7, i, MAX_FRAGMENTS as u16, &[1u8; C]),
+                Ok(None)
+            );
+        }
+        let done = r.insert(
+            now,
+            100,
+            7,
+            MAX_FRAGMENTS as u16 - 1,
+            MAX_FRAGMENTS as u16,
+            &[1u8; 5],
+        );
+        assert_eq!(
+            done.map(|t| t.map(<[u8]>::len)),
+            Ok(Some((MAX_FRAGMENTS - 1) * C + 5))
+        );
+        assert_eq!(r.take_evicted(), 1);
+        // A flooder cannot evict a holder smaller than itself: owner 1 (now holding four)
+        // asking for a fifth is over its own cap, and flooder 25 with nothing may only evict
+        // the biggest holders, never client 100's in-flight message.
+        assert_eq!(r.insert(now, 100, 8, 0, 2, &[0u8; C]), Ok(None));
+        for m in 0..4u32 {
+            let _ = big_first(&mut r, now, 25, m);
+        }
+        assert!(
+            r.owner_bytes(100) > 0,
+            "the small holder's message survived"
+        );
         assert!(r.bytes_in_use() <= limits.total_bytes);
     }
 
@@ -1012,6 +1112,7 @@ mod tests {
                         let before = (r.in_flight(), r.bytes_in_use());
                         let res = r.insert(now, owner, msg, index, count, &data[..len]).map(|o| o.map(<[u8]>::len));
                         match res {
+                            // Refused: nothing changed (eviction happens only for an accepted fragment).
                             Err(_) => prop_assert_eq!((r.in_flight(), r.bytes_in_use()), before),
                             Ok(Some(n)) => prop_assert!(n > (usize::from(count) - 1) * C),
                             Ok(None) => {}

@@ -478,6 +478,12 @@ impl RelayCore {
                 len,
             );
         }
+        if !self.by_addr.contains_key(&from) && self.sessions.len() >= self.cfg.max_clients {
+            // Full: say so before spending an RSA decryption (the cookie validated the address).
+            self.stats.handshakes_failed += 1;
+            self.dropped(now, from, Drop::RelayFull);
+            return self.reject(from, RejectCode::RelayFull, "relay full", len);
+        }
         if self.pending.len() >= self.cfg.max_pending_registrations {
             return self.dropped(now, from, Drop::HandshakeQueueFull);
         }
@@ -591,7 +597,8 @@ impl RelayCore {
             last_seen: now,
             rx: ReplayWindow::new(),
             tx_seq: 0,
-            next_msg_id: 0,
+            // Unpredictable, so a spoofer cannot aim fragments at our next message.
+            next_msg_id: self.rng.next_u64() as u32,
             msgs_in: 0,
             bytes_in: 0,
             msgs_out: 0,
@@ -699,6 +706,8 @@ impl RelayCore {
                 self.dropped(now, from, d);
             }
         }
+        let evicted = self.reassembly.take_evicted();
+        self.stats.drop_n(Drop::ReassemblyEvicted, evicted);
     }
 
     fn on_sealed(&mut self, now: Instant, slot: usize, token: &[u8]) {
@@ -949,9 +958,7 @@ impl RelayCore {
                 }
                 Timer::Reassembly => {
                     let n = self.reassembly.expire(now);
-                    for _ in 0..n {
-                        self.stats.drop(Drop::ReassemblyTimeout);
-                    }
+                    self.stats.drop_n(Drop::ReassemblyTimeout, n as u64);
                     match self.reassembly.next_expiry() {
                         Some(at) => self.timers.insert(at, Timer::Reassembly),
                         None => self.reassembly_timer_armed = false,

@@ -44,6 +44,7 @@ drops! {
     FragmentDuplicate => "fragment_duplicate", "fragment index already held";
     FragmentLimit => "fragment_limit", "reassembly memory cap reached";
     ReassemblyTimeout => "reassembly_timeout", "reassembly not complete in time";
+    ReassemblyEvicted => "reassembly_evicted", "reassembly evicted for a smaller holder (global cap full)";
     SendQueueFull => "send_queue_full", "outgoing queue full";
     SendFailed => "send_failed", "the kernel refused an outgoing datagram";
 }
@@ -90,6 +91,9 @@ pub struct Stats {
 impl Stats {
     pub fn drop(&mut self, d: Drop) {
         self.drops[d as usize] += 1;
+    }
+    pub fn drop_n(&mut self, d: Drop, n: u64) {
+        self.drops[d as usize] += n;
     }
     pub fn drops(&self, d: Drop) -> u64 {
         self.drops[d as usize]

@@ -80,6 +80,7 @@ impl CookieJar {
     }
 
     /// Verify a cookie for `addr`; returns its MAC (the identity used for single use).
+    /// A forgery is reported as `BadMac`, a genuine cookie past its lifetime as `Expired`.
     pub fn verify(
         &self,
         addr: SocketAddr,
@@ -89,8 +90,9 @@ impl CookieJar {
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&cookie[..8]);
         let issued = u64::from_be_bytes(ts);
-        if issued > now_ms || now_ms - issued > self.lifetime_ms {
-            return Err(CookieError::Expired);
+        // We never issue cookies from the future: that one is forged.
+        if issued > now_ms {
+            return Err(CookieError::BadMac);
         }
         let epoch = issued / self.rotation_ms;
         let secret = if epoch == self.epoch {
@@ -98,14 +100,18 @@ impl CookieJar {
         } else if epoch + 1 == self.epoch {
             &self.secrets[1]
         } else {
+            // Its secret is gone: too old to check, whoever made it.
             return Err(CookieError::Expired);
         };
+        // The MAC first, so a forgery is counted as one, then the age.
         let want = Self::mac(secret, addr, issued);
-        if bool::from(want.ct_eq(&cookie[8..])) {
-            Ok(want)
-        } else {
-            Err(CookieError::BadMac)
+        if !bool::from(want.ct_eq(&cookie[8..])) {
+            return Err(CookieError::BadMac);
         }
+        if now_ms - issued > self.lifetime_ms {
+            return Err(CookieError::Expired);
+        }
+        Ok(want)
     }
 }
 
