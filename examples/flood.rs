@@ -169,7 +169,7 @@ fn main() {
                 let mut n = 0u64;
                 let mut junk = Rng::from_seed([9; 32]);
                 while f2.load(Ordering::Relaxed) {
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         // The expensive kind: a fresh, valid cookie for our own address
                         // (cookies are single-use), fetched with a HELLO each time.
                         let _ = s.send_to(&hello, to);
