@@ -319,3 +319,23 @@ fn seeded_simulation_keeps_its_invariants() {
         assert_eq!(sim.core.stats().drops(Drop::BadToken), 0);
     }
 }
+
+#[test]
+fn shutdown_frees_reassemblies_and_tells_everyone() {
+    let mut sim = Sim::new(Config::default(), 4);
+    let (a, b) = (sim.add_client(), sim.add_client());
+    sim.clients[a].session.send(sim.now, &[1u8; 5000]).unwrap();
+    let first = sim.clients[a].session.poll_transmit().unwrap();
+    sim.core
+        .handle_datagram(sim.now, sim.clients[a].addr, &first);
+    assert!(sim.core.reassembly_bytes() > 0);
+    sim.core.shutdown(sim.now);
+    while sim.clients[a].session.poll_transmit().is_some() {}
+    sim.pump();
+    assert_eq!(sim.core.client_count(), 0);
+    assert_eq!(sim.core.reassembly_bytes(), 0);
+    assert_eq!(sim.core.reassemblies_in_flight(), 0);
+    for i in [a, b] {
+        assert!(sim.take_events(i).contains(&Event::Shutdown));
+    }
+}

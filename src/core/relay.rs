@@ -919,6 +919,9 @@ impl RelayCore {
         for slot in slots {
             self.send_sealed(now, slot, &Body::Shutdown);
         }
+        for (_, s) in self.sessions.iter() {
+            self.reassembly.remove_owner(s.id);
+        }
         self.sessions.clear();
         self.by_addr.clear();
         self.pending.clear();
