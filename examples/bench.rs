@@ -136,6 +136,7 @@ struct Opts {
     systems: Vec<Sys>,
     join_window: usize,
     rss: Option<PathBuf>,
+    core_only: Option<u32>,
 }
 
 const USAGE: &str = "\
@@ -155,6 +156,10 @@ cargo run --release --example bench -- [FLAGS]
   --rss BIN          memory mode: run `BIN serve` and the baseline as child processes and report
                      VmRSS/VmHWM idle, with N clients, and after a --rate trial
   --json             one JSON object on stdout instead of the table
+  --core-only M      no sockets: drive RelayCore directly (sans-IO) with --clients clients and
+                     M messages from client 0, for a profiler, e.g.
+                     valgrind --tool=callgrind --toggle-collect='*relay_messages*' ...
+                     (MCRELAY_BENCH_KEY=PEM file skips key generation)
 ";
 
 fn parse() -> Result<Opts, String> {
@@ -193,6 +198,7 @@ fn parse() -> Result<Opts, String> {
             .map_err(e)?
             .unwrap_or(32),
         rss: a.opt_value_from_str("--rss").map_err(e)?,
+        core_only: a.opt_value_from_str("--core-only").map_err(e)?,
         systems: match (relay_only, baseline_only) {
             (true, false) => vec![Sys::Relay],
             (false, true) => vec![Sys::Baseline],
@@ -1273,7 +1279,23 @@ fn measure(o: &Opts, sys: Sys, server: &Server) -> Figures {
         "server_cpu_s_per_m_deliveries",
         main.server_cpu / main.received.max(1) as f64 * 1e6,
     ));
+    f.push((
+        "server_irq_s_per_m_deliveries",
+        main.server_irq / main.received.max(1) as f64 * 1e6,
+    ));
+    // What the server could sustain if it were the only bottleneck: deliveries per second of
+    // its own thread CPU time, and of thread + irq/softirq time on its core. The honest
+    // comparison when the generator (or the shared machine) saturates first.
+    f.push((
+        "server_bound_deliveries_per_s",
+        main.received as f64 / main.server_cpu.max(1e-9),
+    ));
+    f.push((
+        "server_core_bound_deliveries_per_s",
+        main.received as f64 / (main.server_cpu + main.server_irq).max(1e-9),
+    ));
     f.push(("server_cpu_util_pct", main.server_cpu / main.secs * 100.0));
+    f.push(("server_irq_util_pct", main.server_irq / main.secs * 100.0));
     f.push(("gen_cpu_util_pct", main.gen_cpu / main.secs * 100.0));
     f.push((
         "server_allocs_per_delivery",
@@ -1369,6 +1391,103 @@ fn fmt(x: f64) -> String {
     }
 }
 
+// ------------------------------------------------------------------ sans-IO profile driver
+
+struct Peer {
+    addr: SocketAddr,
+    s: ClientSession,
+}
+
+/// Move datagrams between the core and the clients until nothing moves.
+fn pump(core: &mut RelayCore, peers: &mut [Peer], now: Instant) {
+    loop {
+        let mut moved = false;
+        for p in peers.iter_mut() {
+            while let Some(d) = p.s.poll_transmit() {
+                core.handle_datagram(now, p.addr, &d);
+                moved = true;
+            }
+        }
+        core.process_registrations(now, 1024);
+        let out: Vec<(SocketAddr, Vec<u8>)> =
+            core.transmits().map(|(a, d)| (a, d.to_vec())).collect();
+        core.advance_transmits(out.len(), 0);
+        for (to, d) in out {
+            if let Some(p) = peers.iter_mut().find(|p| p.addr == to) {
+                p.s.handle_datagram(now, &d);
+                while p.s.poll_event().is_some() {}
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// The profiled part: `sealed` datagrams from one client through the core, output dropped.
+#[inline(never)]
+fn relay_messages(
+    core: &mut RelayCore,
+    from: SocketAddr,
+    sealed: &[Vec<u8>],
+    start: Instant,
+) -> u64 {
+    let mut out = 0u64;
+    for (i, d) in sealed.iter().enumerate() {
+        let now = start + Duration::from_micros(i as u64);
+        core.handle_datagram(now, from, d);
+        let n = core.transmits().count();
+        out += n as u64;
+        core.advance_transmits(n, 0);
+    }
+    out
+}
+
+fn core_only(o: &Opts, messages: u32) {
+    let key = match std::env::var_os("MCRELAY_BENCH_KEY") {
+        Some(p) => ServerKey::from_pkcs8_pem(&std::fs::read_to_string(p).unwrap()).unwrap(),
+        None => ServerKey::generate(2048).unwrap(),
+    };
+    let start = Instant::now();
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut core = RelayCore::new(
+        bench_config(o.clients),
+        key,
+        Rng::from_seed([7; 32]),
+        start,
+        unix,
+    );
+    let mut peers: Vec<Peer> = (0..o.clients)
+        .map(|i| Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16)),
+            s: ClientSession::new(Rng::from_seed([i as u8; 32]), None, None, start),
+        })
+        .collect();
+    pump(&mut core, &mut peers, start);
+    assert_eq!(core.client_count(), o.clients, "all registered");
+    // Seal every message first (client work, outside the profiled function).
+    let mut body = vec![0u8; o.size];
+    let sealed: Vec<Vec<u8>> = (0..messages)
+        .map(|i| {
+            body[..4].copy_from_slice(&i.to_le_bytes());
+            peers[0].s.send(start, &body).unwrap();
+            peers[0].s.poll_transmit().unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let out = relay_messages(&mut core, peers[0].addr, &sealed, start);
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "core-only: {messages} messages x {} recipients = {out} datagrams in {secs:.3} s: {:.3} us per delivery (one thread, no syscalls)",
+        o.clients - 1,
+        secs / out as f64 * 1e6
+    );
+}
+
 fn main() {
     let o = match parse() {
         Ok(o) => o,
@@ -1377,6 +1496,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(m) = o.core_only {
+        core_only(&o, m);
+        return;
+    }
     eprintln!("bench: {o:?}");
     if ncpus() >= 2 {
         // Server thread on CPU 0 (see Server::start_thread), generator on CPU 1.
