@@ -171,6 +171,13 @@ fn relaying_allocates_nothing_per_message() {
         body[..4].copy_from_slice(&i.to_be_bytes());
         relay_one(&mut core, &mut peers, now, &body, false);
     }
+    // The instrument works: one allocation inside `counted` is seen.
+    COUNT.with(|c| c.set(0));
+    let v = counted(|| std::hint::black_box(Vec::<u8>::with_capacity(64)));
+    drop(v);
+    assert_eq!(COUNT.with(|c| c.get()), 1, "the counting allocator counts");
+    TRACES.lock().unwrap().clear();
+
     let deliveries0 = core.stats().deliveries;
     COUNT.with(|c| c.set(0));
     BYTES.with(|b| b.set(0));
