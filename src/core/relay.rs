@@ -121,6 +121,10 @@ struct PendingReg {
     ciphertext: Vec<u8>,
 }
 
+/// Outbox capacity kept across flushes; beyond it the buffers shrink once drained.
+const OUTBOX_KEEP_BYTES: usize = 256 * 1024;
+const OUTBOX_KEEP_ITEMS: usize = 2048;
+
 /// Outgoing datagrams, encoded back to back in one reusable buffer.
 struct Outbox {
     buf: Vec<u8>,
@@ -1011,6 +1015,14 @@ impl RelayCore {
             self.out.head = 0;
             self.out.items.clear();
             self.out.buf.clear();
+            // After a burst (a thousand JOINs, a shutdown) give the memory back; the steady
+            // state stays well under these and so never reallocates.
+            if self.out.buf.capacity() > OUTBOX_KEEP_BYTES {
+                self.out.buf.shrink_to(OUTBOX_KEEP_BYTES / 4);
+            }
+            if self.out.items.capacity() > OUTBOX_KEEP_ITEMS {
+                self.out.items.shrink_to(OUTBOX_KEEP_ITEMS / 4);
+            }
         }
     }
 }
