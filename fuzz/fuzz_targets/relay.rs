@@ -293,15 +293,11 @@ impl H {
             self.core.reassembly_bytes() <= cfg.reassembly.total_bytes,
             "reassembly cap"
         );
-        // Not after `shutdown`: it forgets the sessions but leaves their reassemblies to
-        // expire (see tests/properties.rs, `shutdown_frees_reassemblies`).
-        if !self.core.is_shut_down() {
-            assert!(
-                self.core.reassemblies_in_flight()
-                    <= self.core.client_count() * cfg.reassembly.per_owner_messages,
-                "reassemblies in flight for ended sessions"
-            );
-        }
+        assert!(
+            self.core.reassemblies_in_flight()
+                <= self.core.client_count() * cfg.reassembly.per_owner_messages,
+            "reassemblies in flight for ended sessions"
+        );
         assert!(self.core.pending_registrations() <= cfg.max_pending_registrations);
         let mut bytes = 0;
         for (_, d) in self.core.transmits() {

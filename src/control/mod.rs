@@ -72,6 +72,14 @@ pub const HELP: &[(&str, &str)] = &[
     ("quit", "close this connection"),
 ];
 
+/// At most 32 characters of an argument, control characters shown as `?`, for error lines.
+fn shown(arg: &str) -> String {
+    arg.chars()
+        .take(32)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Parse one command line (without its line terminator).
 pub fn parse(line: &str) -> Result<Command, String> {
     let mut words = line.split_ascii_whitespace();
@@ -108,7 +116,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
             } else if let Ok(addr) = a.parse() {
                 Command::Kick(KickTarget::Addr(addr))
             } else {
-                return Err(format!("not a client id or ip:port: {a}"));
+                return Err(format!("not a client id or ip:port: {}", shown(a)));
             }
         }
         "metrics" => {
@@ -136,13 +144,12 @@ pub fn parse(line: &str) -> Result<Command, String> {
             ["off"] => Command::Log(false),
             ["level", l] => Command::LogLevel(
                 l.parse::<log::LevelFilter>()
-                    .map_err(|_| format!("unknown log level: {l}"))?,
+                    .map_err(|_| format!("unknown log level: {}", shown(l)))?,
             ),
             _ => return Err("usage: log on|off, log level <level>".into()),
         },
         other => {
-            let shown: String = other.chars().take(32).collect();
-            return Err(format!("unknown command: {shown} (try: help)"));
+            return Err(format!("unknown command: {} (try: help)", shown(other)));
         }
     })
 }
