@@ -310,6 +310,9 @@ impl Relay {
                             self.core.handle_datagram(now, from, bytes);
                         }
                     }
+                    // Send this batch's fan-out before reading more: the first recipients
+                    // should not wait for the encryption of later messages.
+                    self.flush_transmits();
                     if n < batch::BATCH {
                         return;
                     }
