@@ -425,14 +425,7 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
     };
     let mut relay =
         Relay::new(core, net, poll.registry(), tokens, Some(tap), now).map_err(rt(1))?;
-    let mut signals = signal_hook_mio::v1_0::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(rt(1))?;
-    poll.registry()
-        .register(&mut signals, SIGNAL, Interest::READABLE)
-        .map_err(rt(1))?;
+    let mut signals = register_signals(&poll)?;
     sd_notify("READY=1");
 
     let mut events = Events::with_capacity(256);
@@ -464,6 +457,16 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
         relay.handle_timeout(poll.registry(), Instant::now());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM, delivered as readiness on `SIGNAL` in our own Poll.
+fn register_signals(poll: &Poll) -> Result<signal_hook_mio::v1_0::Signals, Failure> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM]).map_err(rt(1))?;
+    poll.registry()
+        .register(&mut signals, SIGNAL, Interest::READABLE)
+        .map_err(rt(1))?;
+    Ok(signals)
 }
 
 /// Tell systemd (Type=notify) about our state, if it is listening.
@@ -592,14 +595,7 @@ fn client(mut f: Flags) -> Result<ExitCode, Failure> {
     poll.registry()
         .register(&mut sock, UDP, Interest::READABLE)
         .map_err(rt(1))?;
-    let mut signals = signal_hook_mio::v1_0::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(rt(1))?;
-    poll.registry()
-        .register(&mut signals, SIGNAL, Interest::READABLE)
-        .map_err(rt(1))?;
+    let mut signals = register_signals(&poll)?;
     // stdin is read on its own thread (a regular file or a terminal cannot be polled reliably).
     let waker = std::sync::Arc::new(Waker::new(poll.registry(), STDIN).map_err(rt(1))?);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(1024);

@@ -533,45 +533,33 @@ impl RelayCore {
     fn register(&mut self, now: Instant, reg: PendingReg) {
         let from = reg.from;
         let len = reg.ciphertext.len() + TLV_HEADER + COOKIE_LEN;
-        let plain = match self.key.oaep_decrypt(&reg.ciphertext) {
-            Ok(p) => p,
-            Err(_) => {
-                self.stats.handshakes_failed += 1;
-                self.dropped(now, from, Drop::BadRegistration);
-                return self.reject(
-                    from,
-                    RejectCode::BadRegistration,
-                    "RSA-OAEP decryption failed",
-                    len,
-                );
-            }
+        let fail = |this: &mut Self, d: Drop, code: RejectCode, reason: &str| {
+            this.stats.handshakes_failed += 1;
+            this.dropped(now, from, d);
+            this.reject(from, code, reason, len);
+        };
+        let Ok(plain) = self.key.oaep_decrypt(&reg.ciphertext) else {
+            let reason = "RSA-OAEP decryption failed";
+            return fail(
+                self,
+                Drop::BadRegistration,
+                RejectCode::BadRegistration,
+                reason,
+            );
         };
         let (key_text, suffix) = plain.split_at(plain.len().min(44));
-        let key = match FernetKey::from_base64(key_text) {
-            Ok(k) => k,
-            Err(_) => {
-                self.stats.handshakes_failed += 1;
-                self.dropped(now, from, Drop::BadRegistration);
-                return self.reject(
-                    from,
-                    RejectCode::BadRegistration,
-                    "not a 44-byte Fernet key",
-                    len,
-                );
-            }
+        let Ok(key) = FernetKey::from_base64(key_text) else {
+            let reason = "not a 44-byte Fernet key";
+            return fail(
+                self,
+                Drop::BadRegistration,
+                RejectCode::BadRegistration,
+                reason,
+            );
         };
-        let name = match self.admit(suffix) {
-            Ok(name) => name,
-            Err(()) => {
-                self.stats.handshakes_failed += 1;
-                self.dropped(now, from, Drop::NotAdmitted);
-                return self.reject(
-                    from,
-                    RejectCode::NotAdmitted,
-                    "admission token missing or wrong",
-                    len,
-                );
-            }
+        let Ok(name) = self.admit(suffix) else {
+            let reason = "admission token missing or wrong";
+            return fail(self, Drop::NotAdmitted, RejectCode::NotAdmitted, reason);
         };
         if let Some(&slot) = self.by_addr.get(&from) {
             if self.sessions[slot].key.ct_eq(&key) {
