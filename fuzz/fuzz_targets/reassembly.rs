@@ -167,6 +167,19 @@ impl Harness {
             }
             Ok(done) => {
                 assert!(valid_shape && len_ok, "accepted an invalid fragment");
+                // Fair-share eviction may have made room by dropping other owners' oldest
+                // reassemblies: exactly those the reassembler no longer holds.
+                let evicted = self.r.take_evicted();
+                let before_model = self.model.len();
+                let r = &self.r;
+                self.model
+                    .retain(|k, _| *k == (owner, msg_id) || r.contains(k.0, k.1));
+                assert_eq!(
+                    (before_model - self.model.len()) as u64,
+                    evicted,
+                    "evictions and the model disagree"
+                );
+
                 let now = self.now;
                 let p = self
                     .model

@@ -219,6 +219,11 @@ impl Reassembler {
         }
     }
 
+    /// Is a reassembly of `(owner, msg_id)` in flight?
+    pub fn contains(&self, owner: u32, msg_id: u32) -> bool {
+        self.index.contains_key(&(owner, msg_id))
+    }
+
     /// Reassemblies evicted since the last call (to count them as drops).
     pub fn take_evicted(&mut self) -> u64 {
         std::mem::take(&mut self.evicted)
