@@ -187,6 +187,7 @@ pub struct Logger {
     stderr: simple_logger::SimpleLogger,
     stderr_level: log::LevelFilter,
     tap: Option<LogTap>,
+    guard: Option<fn()>,
 }
 
 impl Logger {
@@ -195,6 +196,17 @@ impl Logger {
         level: log::LevelFilter,
         tap: Option<LogTap>,
     ) -> Result<(), log::SetLoggerError> {
+        Self::install_with_guard(level, tap, None)
+    }
+
+    /// As `install`, with `guard` called before each stderr line. simple_logger panics when
+    /// stderr cannot be written (reader gone, fd closed); the binary's guard repairs stderr
+    /// first (see `main.rs`), because a relay must not die when its log reader does.
+    pub fn install_with_guard(
+        level: log::LevelFilter,
+        tap: Option<LogTap>,
+        guard: Option<fn()>,
+    ) -> Result<(), log::SetLoggerError> {
         let stderr = simple_logger::SimpleLogger::new()
             .with_level(level)
             .with_utc_timestamps();
@@ -202,6 +214,7 @@ impl Logger {
             stderr,
             stderr_level: level,
             tap,
+            guard,
         }))?;
         log::set_max_level(level);
         Ok(())
@@ -214,6 +227,9 @@ impl log::Log for Logger {
     }
     fn log(&self, r: &log::Record<'_>) {
         if r.level() <= self.stderr_level {
+            if let Some(guard) = self.guard {
+                guard();
+            }
             self.stderr.log(r);
         }
         if let Some(tap) = &self.tap {

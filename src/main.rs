@@ -390,7 +390,8 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
         return Err(UsageError("--cookie-lifetime must be between 1ms and 60s".into()).into());
     }
     let tap = LogTap::new(log_queue);
-    Logger::install(level, Some(tap.clone())).map_err(rt(1))?;
+    Logger::install_with_guard(level, Some(tap.clone()), Some(keep_stderr_writable))
+        .map_err(rt(1))?;
 
     let key = match &key_file {
         Some(path) => {
@@ -457,6 +458,30 @@ fn serve(mut f: Flags) -> Result<ExitCode, Failure> {
         relay.handle_timeout(poll.registry(), Instant::now());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// If stderr's reader is gone (a closed pipe or socket, a closed fd), point fd 2 at /dev/null
+/// so that no later write fails: simple_logger panics on a failed write, and the relay must
+/// outlive its log reader (operators still get the log on the control port). One `poll`
+/// with a zero timeout per stderr line; a reader that vanishes between the poll and the write
+/// can still lose the race, once.
+#[allow(unsafe_code)]
+fn keep_stderr_writable() {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: 2,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n == 1
+        && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+        && let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null")
+    {
+        // SAFETY: dup2 onto fd 2 of a file we hold open; both fds are valid.
+        unsafe { libc::dup2(null.as_raw_fd(), 2) };
+    }
 }
 
 /// SIGINT and SIGTERM, delivered as readiness on `SIGNAL` in our own Poll.

@@ -519,3 +519,52 @@ fn client_remembers_a_relay_key_and_refuses_a_changed_one() {
     let _ = other.kill();
     let _ = other.wait();
 }
+
+#[test]
+fn serve_outlives_its_log_reader() {
+    use std::io::BufRead;
+    let dir = tmpdir("stderr");
+    let (group, port) = unique_endpoint();
+    let control = format!("127.0.0.1:{}", free_port());
+    let mut child = bin()
+        .args([
+            "serve",
+            "--group",
+            &group.to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--iface", "127.0.0.1", "--control", &control])
+        .args(["--key-file", key_file(&dir).to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("relay key fingerprint") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "serve ended early");
+    }
+    // The log reader goes away (a closed pipe, as when a log collector dies).
+    drop(err);
+    // Each control connection logs lines that now have nowhere to go.
+    for _ in 0..3 {
+        let out = bin()
+            .args(["ctl", "--control", &control, "stats"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "relay died with its log reader: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = bin()
+        .args(["ctl", "--control", &control, "shutdown"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
