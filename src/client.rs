@@ -126,6 +126,9 @@ pub struct ClientSession {
     events: VecDeque<Event>,
     transmits: VecDeque<Vec<u8>>,
     error: Option<ClientError>,
+    /// Highest protocol version offered in HELLO, and the one the relay chose.
+    max_version: u16,
+    version: u16,
     /// Handshake retransmission delay: RETRY, doubled (up to 8 s) while the relay is full.
     retry: Duration,
     /// The last REJECT seen during the handshake.
@@ -174,6 +177,8 @@ impl ClientSession {
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             error: None,
+            max_version: wire::VERSION_MAX,
+            version: wire::VERSION_MIN,
             retry: RETRY,
             last_reject: None,
             plain: Vec::new(),
@@ -197,11 +202,25 @@ impl ClientSession {
         let mut d = Vec::with_capacity(64);
         Outer::Hello {
             min: wire::VERSION_MIN,
-            max: wire::VERSION_MAX,
+            max: self.max_version,
         }
         .write(&mut d);
         self.transmits.push_back(d);
         self.last_sent = now;
+    }
+
+    /// Offer at most protocol `version` (call right after `new`; it re-sends the HELLO).
+    pub fn set_max_version(&mut self, version: u16, now: Instant) {
+        self.max_version = version.clamp(wire::VERSION_MIN, wire::VERSION_MAX);
+        if self.state == State::Hello {
+            self.transmits.clear();
+            self.send_hello(now);
+        }
+    }
+
+    /// The protocol version in use (valid once the relay answered HELLO).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     pub fn id(&self) -> Option<u32> {
@@ -236,7 +255,10 @@ impl ClientSession {
     pub fn handle_datagram(&mut self, now: Instant, data: &[u8]) {
         let Ok(msg) = Outer::parse(data) else { return };
         match (self.state, msg) {
-            (State::Hello, Outer::Cookie { version: 1, cookie }) => {
+            (State::Hello, Outer::Cookie { version, cookie })
+                if (wire::VERSION_MIN..=self.max_version).contains(&version) =>
+            {
+                self.version = version;
                 self.cookie = Some(*cookie);
                 if self.relay_key.is_some() {
                     self.send_register(now);
@@ -334,7 +356,9 @@ impl ClientSession {
 
     fn on_token(&mut self, _now: Instant, token: &[u8]) {
         self.plain.clear();
-        if fernet::decrypt_into(&self.key, token, &mut self.scratch, &mut self.plain).is_err() {
+        let binary = self.version >= 2;
+        if fernet::open_into(binary, &self.key, token, &mut self.scratch, &mut self.plain).is_err()
+        {
             return;
         }
         let plain = std::mem::take(&mut self.plain);
@@ -399,7 +423,14 @@ impl ClientSession {
         self.token.clear();
         let iv = self.rng.iv();
         let unix = self.unix(now);
-        fernet::encrypt_into(&self.key, &iv, unix, &self.plain, &mut self.token);
+        fernet::seal_into(
+            self.version >= 2,
+            &self.key,
+            &iv,
+            unix,
+            &self.plain,
+            &mut self.token,
+        );
         if TLV_HEADER + self.token.len() <= wire::MAX_DATAGRAM {
             let mut d = Vec::with_capacity(TLV_HEADER + self.token.len());
             wire::put_tlv(&mut d, outer::SEALED, &self.token);

@@ -492,7 +492,9 @@ impl H {
         let ts = self.unix().saturating_add_signed(i64::from(ts_off));
         let iv = self.rng.iv();
         let mut token = Vec::new();
-        fernet::encrypt_into(&key, &iv, ts, &plain, &mut token);
+        // Both token forms: version 2 sessions (ClientSession) take binary, version 1 ones
+        // (the harness's own REGISTERs) text; the other form must be refused cleanly.
+        fernet::seal_into(seq & 1 == 0, &key, &iv, ts, &plain, &mut token);
         let count = token.len().div_ceil(FRAGMENT_CHUNK);
         let mut ds: Vec<Vec<u8>> = Vec::new();
         match frag {

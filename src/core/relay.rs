@@ -77,6 +77,8 @@ impl Default for Config {
 
 struct Session {
     id: u32,
+    /// Protocol version: 1 carries tokens as base64 text, 2 in binary.
+    version: u8,
     addr: SocketAddr,
     key: FernetKey,
     name: Option<String>,
@@ -118,6 +120,8 @@ enum Timer {
 
 struct PendingReg {
     from: SocketAddr,
+    /// Protocol version bound in the REGISTER's cookie.
+    version: u8,
     ciphertext: Vec<u8>,
 }
 
@@ -410,7 +414,8 @@ impl RelayCore {
             );
             return self.reject(from, RejectCode::UnsupportedVersion, &reason, len);
         }
-        let cookie = self.cookies.mint(from, self.now_ms(now));
+        // hi <= VERSION_MAX, which fits the cookie's version byte.
+        let cookie = self.cookies.mint(from, self.now_ms(now), hi as u8);
         let start = self.out.buf.len();
         if self.out.has_room(TLV_HEADER + 2 + COOKIE_LEN) {
             Outer::Cookie {
@@ -431,9 +436,9 @@ impl RelayCore {
         from: SocketAddr,
         cookie: &[u8; COOKIE_LEN],
         len: usize,
-    ) -> Result<[u8; 16], ()> {
+    ) -> Result<([u8; 16], u8), ()> {
         match self.cookies.verify(from, cookie, self.now_ms(now)) {
-            Ok(mac) => Ok(mac),
+            Ok(ok) => Ok(ok),
             Err(e) => {
                 let d = match e {
                     CookieError::Expired => Drop::ExpiredCookie,
@@ -460,7 +465,7 @@ impl RelayCore {
         ct: &[u8],
         len: usize,
     ) {
-        let Ok(mac) = self.check_cookie(now, from, cookie, len) else {
+        let Ok((mac, version)) = self.check_cookie(now, from, cookie, len) else {
             return;
         };
         if self.used_cookies.contains(&mac) {
@@ -497,6 +502,7 @@ impl RelayCore {
         self.remember_cookie(now, mac);
         self.pending.push_back(PendingReg {
             from,
+            version,
             ciphertext: ct.to_vec(),
         });
     }
@@ -563,7 +569,9 @@ impl RelayCore {
         };
         if let Some(&slot) = self.by_addr.get(&from) {
             if self.sessions[slot].key.ct_eq(&key) {
-                // Our WELCOME was lost: say it again, change nothing.
+                // Our WELCOME was lost: say it again, change nothing (but the version the
+                // client negotiated this time).
+                self.sessions[slot].version = reg.version;
                 self.stats.handshakes_ok += 1;
                 return self.send_welcome(now, slot);
             }
@@ -582,6 +590,7 @@ impl RelayCore {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let slot = self.sessions.insert(Session {
             id,
+            version: reg.version,
             addr: from,
             key,
             name,
@@ -706,7 +715,8 @@ impl RelayCore {
         let from = self.sessions[slot].addr;
         let unix = self.unix(now);
         self.plain.clear();
-        let ts = match fernet::decrypt_into(
+        let ts = match fernet::open_into(
+            self.sessions[slot].version >= 2,
             &self.sessions[slot].key,
             token,
             &mut self.scratch,
@@ -773,7 +783,8 @@ impl RelayCore {
         let s = &mut self.sessions[slot];
         s.tx_seq += 1;
         self.seal_buf[4..12].copy_from_slice(&s.tx_seq.to_be_bytes());
-        let token_len = fernet::token_len(self.seal_buf.len());
+        let binary = s.version >= 2;
+        let token_len = fernet::sealed_len(binary, self.seal_buf.len());
         let n = wire::datagrams_for_token(token_len);
         let wire_bytes = token_len + n * (TLV_HEADER + wire::FRAGMENT_HEADER);
         if !self.out.has_room(wire_bytes) {
@@ -784,11 +795,18 @@ impl RelayCore {
         if n == 1 {
             let start = self.out.buf.len();
             wire::put_tlv_header(&mut self.out.buf, outer::SEALED, token_len);
-            fernet::encrypt_into(&s.key, &iv, unix, &self.seal_buf, &mut self.out.buf);
+            fernet::seal_into(binary, &s.key, &iv, unix, &self.seal_buf, &mut self.out.buf);
             self.out.commit(s.addr, start);
         } else {
             self.frag_buf.clear();
-            fernet::encrypt_into(&s.key, &iv, unix, &self.seal_buf, &mut self.frag_buf);
+            fernet::seal_into(
+                binary,
+                &s.key,
+                &iv,
+                unix,
+                &self.seal_buf,
+                &mut self.frag_buf,
+            );
             s.next_msg_id = s.next_msg_id.wrapping_add(1);
             for (i, chunk) in self.frag_buf.chunks(FRAGMENT_CHUNK).enumerate() {
                 let start = self.out.buf.len();

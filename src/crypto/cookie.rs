@@ -1,6 +1,8 @@
 //! Stateless address-validation cookies (protocol.md §3).
 //!
-//! cookie = issued_ms u64 ‖ HMAC-SHA256(secret, ip ‖ port ‖ issued_ms)[..16]. The secret is
+//! cookie = version u8 ‖ issued_ms u56 ‖ HMAC-SHA256(secret, ip ‖ port ‖ those 8 bytes)[..16].
+//! The version the relay chose in COOKIE is authenticated inside it, so REGISTER needs no
+//! field of its own for it and the relay stays stateless until then. The secret is
 //! rotated every `rotation`; the previous secret stays valid so a cookie minted just before a
 //! rotation still verifies. `issued_ms` is milliseconds on the relay's own clock.
 
@@ -72,24 +74,29 @@ impl CookieJar {
         out
     }
 
-    pub fn mint(&self, addr: SocketAddr, now_ms: u64) -> [u8; COOKIE_LEN] {
+    /// A cookie for `addr`, binding the protocol `version` chosen for it.
+    pub fn mint(&self, addr: SocketAddr, now_ms: u64, version: u8) -> [u8; COOKIE_LEN] {
+        let word = (u64::from(version) << 56) | (now_ms & ISSUED_MASK);
         let mut c = [0u8; COOKIE_LEN];
-        c[..8].copy_from_slice(&now_ms.to_be_bytes());
-        c[8..].copy_from_slice(&Self::mac(&self.secrets[0], addr, now_ms));
+        c[..8].copy_from_slice(&word.to_be_bytes());
+        c[8..].copy_from_slice(&Self::mac(&self.secrets[0], addr, word));
         c
     }
 
-    /// Verify a cookie for `addr`; returns its MAC (the identity used for single use).
+    /// Verify a cookie for `addr`; returns its MAC (the identity used for single use) and the
+    /// protocol version it binds.
     /// A forgery is reported as `BadMac`, a genuine cookie past its lifetime as `Expired`.
     pub fn verify(
         &self,
         addr: SocketAddr,
         cookie: &[u8; COOKIE_LEN],
         now_ms: u64,
-    ) -> Result<[u8; 16], CookieError> {
+    ) -> Result<([u8; 16], u8), CookieError> {
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&cookie[..8]);
-        let issued = u64::from_be_bytes(ts);
+        let word = u64::from_be_bytes(ts);
+        let version = (word >> 56) as u8;
+        let issued = word & ISSUED_MASK;
         // We never issue cookies from the future: that one is forged.
         if issued > now_ms {
             return Err(CookieError::BadMac);
@@ -104,16 +111,19 @@ impl CookieJar {
             return Err(CookieError::Expired);
         };
         // The MAC first, so a forgery is counted as one, then the age.
-        let want = Self::mac(secret, addr, issued);
+        let want = Self::mac(secret, addr, word);
         if !bool::from(want.ct_eq(&cookie[8..])) {
             return Err(CookieError::BadMac);
         }
         if now_ms - issued > self.lifetime_ms {
             return Err(CookieError::Expired);
         }
-        Ok(want)
+        Ok((want, version))
     }
 }
+
+/// `issued_ms` occupies the low 56 bits of the cookie's first word (2 million years of ms).
+const ISSUED_MASK: u64 = (1 << 56) - 1;
 
 #[cfg(test)]
 mod tests {
@@ -131,7 +141,7 @@ mod tests {
             [n; 32]
         };
         let mut jar = CookieJar::new([1; 32], [2; 32], 60_000, 30_000);
-        let c = jar.mint(a("127.0.0.1:4000"), 1000);
+        let c = jar.mint(a("127.0.0.1:4000"), 1000, 1);
         assert!(jar.verify(a("127.0.0.1:4000"), &c, 1000).is_ok());
         assert_eq!(
             jar.verify(a("127.0.0.1:4001"), &c, 1000),
@@ -156,7 +166,32 @@ mod tests {
         moved[7] ^= 1;
         assert!(jar.verify(a("127.0.0.1:4000"), &moved, 2000).is_err());
         // Survives one rotation, not two.
-        let c2 = jar.mint(a("127.0.0.1:4000"), 59_000);
+        // A timestamp from the future is a forgery, not an old cookie.
+        let mut future = c;
+        future[..8].copy_from_slice(&999_999u64.to_be_bytes());
+        assert_eq!(
+            jar.verify(a("127.0.0.1:4000"), &future, 1000),
+            Err(CookieError::BadMac)
+        );
+        // A forged MAC on a timestamp past the lifetime is still reported as a forgery.
+        let mut forged_old = jar.mint(a("127.0.0.1:4000"), 2000, 1);
+        forged_old[9] ^= 1;
+        assert_eq!(
+            jar.verify(a("127.0.0.1:4000"), &forged_old, 40_000),
+            Err(CookieError::BadMac)
+        );
+        // The version is bound: returned on success, and changing it breaks the MAC.
+        assert_eq!(
+            jar.verify(a("127.0.0.1:4000"), &c, 1000).map(|v| v.1),
+            Ok(1)
+        );
+        let mut other_version = c;
+        other_version[0] = 2;
+        assert_eq!(
+            jar.verify(a("127.0.0.1:4000"), &other_version, 1000),
+            Err(CookieError::BadMac)
+        );
+        let c2 = jar.mint(a("127.0.0.1:4000"), 59_000, 2);
         assert!(jar.maybe_rotate(60_000, &mut fresh));
         assert!(jar.verify(a("127.0.0.1:4000"), &c2, 60_500).is_ok());
         assert!(jar.maybe_rotate(120_000, &mut fresh));

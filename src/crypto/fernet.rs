@@ -227,6 +227,43 @@ pub const fn token_len(plaintext_len: usize) -> usize {
     base64::encoded_len(raw_len(plaintext_len))
 }
 
+/// Exact length of the binary token (no base64) for a plaintext of `plaintext_len` bytes.
+#[must_use]
+pub const fn raw_token_len(plaintext_len: usize) -> usize {
+    raw_len(plaintext_len)
+}
+
+/// Encrypts `plaintext` into a Fernet token in its binary form (version ‖ timestamp ‖ IV ‖
+/// ciphertext ‖ HMAC, exactly [`raw_token_len`] bytes) appended to `out`: what
+/// [`encrypt_into`] produces before base64. Encrypts in place in `out`; allocates nothing when
+/// `out` has the capacity.
+pub fn encrypt_raw_into(
+    key: &FernetKey,
+    iv: &[u8; 16],
+    timestamp: u64,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.reserve(raw_len(plaintext.len()));
+    let start = out.len();
+    out.push(VERSION);
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(iv);
+    out.extend_from_slice(plaintext);
+    let pad = 16 - plaintext.len() % 16;
+    out.resize(out.len() + pad, pad as u8);
+    let enc = key.enc_schedule();
+    let mut cbc = cbc::Encryptor::<&Aes128Enc>::inner_iv_init(&enc, &Array::from(*iv));
+    let (blocks, _) = Array::slice_as_chunks_mut(&mut out[start + HEADER_LEN..]);
+    for block in blocks {
+        cbc.encrypt_block(block);
+    }
+    let mut mac = key.mac.clone();
+    mac.update(&out[start..]);
+    let tag = mac.finalize().into_bytes();
+    out.extend_from_slice(&tag);
+}
+
 /// Size of the stack buffer that [`encrypt_into`] streams through: a
 /// multiple of 48 (both the AES block and the base64 quantum) plus room for
 /// the header and the final block and tag.
@@ -331,7 +368,20 @@ pub fn decrypt_into(
 ) -> Result<u64, FernetError> {
     scratch.clear();
     base64::decode(token, scratch).map_err(|_| FernetError::BadBase64)?;
-    let raw = &scratch[..];
+    decrypt_raw_into(key, scratch, out)
+}
+
+/// [`decrypt_into`] for a token in its binary form (the bytes the base64 text encodes), as
+/// protocol version 2 carries it. Same checks, same order; nothing allocated when `out` has
+/// the capacity.
+///
+/// # Errors
+/// As [`decrypt_into`], without [`FernetError::BadBase64`].
+pub fn decrypt_raw_into(
+    key: &FernetKey,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<u64, FernetError> {
     match raw.first() {
         None => return Err(FernetError::TooShort),
         Some(&VERSION) => {}
@@ -741,5 +791,83 @@ mod tests {
                 prop_assert_eq!(&plain, m);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::*;
+
+    #[test]
+    fn raw_form_is_the_decoded_text_form() {
+        let key = FernetKey::from_bytes(&[7u8; 32]);
+        let iv = [3u8; 16];
+        for n in [0usize, 1, 15, 16, 17, 100, 1000, 4096] {
+            let plain: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let mut text = Vec::new();
+            encrypt_into(&key, &iv, 1_700_000_000, &plain, &mut text);
+            let mut raw = b"prefix".to_vec();
+            encrypt_raw_into(&key, &iv, 1_700_000_000, &plain, &mut raw);
+            assert_eq!(raw.len() - 6, raw_token_len(n));
+            let mut decoded = Vec::new();
+            base64::decode(&text, &mut decoded).unwrap();
+            assert_eq!(&raw[6..], &decoded[..], "n = {n}");
+            let mut back = Vec::new();
+            assert_eq!(
+                decrypt_raw_into(&key, &raw[6..], &mut back),
+                Ok(1_700_000_000)
+            );
+            assert_eq!(back, plain);
+            // Any flipped bit is caught by the HMAC (or the version check).
+            let mut bad = raw[6..].to_vec();
+            let at = n % bad.len();
+            bad[at] ^= 1;
+            assert!(decrypt_raw_into(&key, &bad, &mut Vec::new()).is_err());
+        }
+    }
+}
+
+/// Token length in the form a protocol version carries: binary (version 2) or base64 text
+/// (version 1).
+#[must_use]
+pub const fn sealed_len(binary: bool, plaintext_len: usize) -> usize {
+    if binary {
+        raw_token_len(plaintext_len)
+    } else {
+        token_len(plaintext_len)
+    }
+}
+
+/// [`encrypt_raw_into`] or [`encrypt_into`], by form.
+pub fn seal_into(
+    binary: bool,
+    key: &FernetKey,
+    iv: &[u8; 16],
+    timestamp: u64,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    if binary {
+        encrypt_raw_into(key, iv, timestamp, plaintext, out);
+    } else {
+        encrypt_into(key, iv, timestamp, plaintext, out);
+    }
+}
+
+/// [`decrypt_raw_into`] or [`decrypt_into`], by form.
+///
+/// # Errors
+/// As those.
+pub fn open_into(
+    binary: bool,
+    key: &FernetKey,
+    token: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<u64, FernetError> {
+    if binary {
+        decrypt_raw_into(key, token, out)
+    } else {
+        decrypt_into(key, token, scratch, out)
     }
 }

@@ -33,7 +33,7 @@ pub const HELLO_MIN_VALUE: usize = 60;
 /// The protocol versions this build speaks.
 pub const VERSION_MIN: u16 = 1;
 /// The protocol versions this build speaks.
-pub const VERSION_MAX: u16 = 1;
+pub const VERSION_MAX: u16 = 2;
 /// Longest REJECT reason text.
 pub const MAX_REJECT_REASON: usize = 100;
 
