@@ -305,10 +305,8 @@ impl ClientSession {
                     }),
                 }
             }
-            (State::Register | State::Ready, Outer::Sealed { token }) => {
-                let token = token.to_vec();
-                self.on_token(now, &token);
-            }
+            // `token` borrows the caller's datagram, not us: no copy.
+            (State::Register | State::Ready, Outer::Sealed { token }) => self.on_token(now, token),
             (
                 State::Register | State::Ready,
                 Outer::Fragment {
@@ -319,8 +317,12 @@ impl ClientSession {
                 },
             ) => {
                 if let Ok(Some(t)) = self.reassembly.insert(now, 0, msg_id, index, count, chunk) {
-                    let token = t.to_vec();
+                    // The token borrows the reassembler: move it to a reused buffer.
+                    let mut token = std::mem::take(&mut self.token);
+                    token.clear();
+                    token.extend_from_slice(t);
                     self.on_token(now, &token);
+                    self.token = token;
                 }
             }
             _ => {}

@@ -360,13 +360,8 @@ impl RelayCore {
                 self.on_register(now, from, cookie, ciphertext, data.len())
             }
             Outer::Sealed { token } => match self.by_addr.get(&from) {
-                Some(&slot) => {
-                    let mut tok = std::mem::take(&mut self.token);
-                    tok.clear();
-                    tok.extend_from_slice(token);
-                    self.on_sealed(now, slot, &tok);
-                    self.token = tok;
-                }
+                // `token` borrows the caller's buffer, not ours: no copy.
+                Some(&slot) => self.on_sealed(now, slot, token),
                 None => self.dropped(now, from, Drop::UnknownSender),
             },
             Outer::Fragment {
@@ -830,15 +825,20 @@ impl RelayCore {
     fn broadcast(&mut self, now: Instant, except: Option<usize>, body: &Body<'_>) {
         self.seal_buf.clear();
         wire::write_inner(&mut self.seal_buf, 0, body);
-        let slots: Vec<usize> = self
-            .sessions
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|&k| Some(k) != except)
-            .collect();
-        for slot in slots {
-            self.seal_plain_to(now, slot);
+        self.seal_to_all(now, except);
+    }
+
+    /// Seal `seal_buf` for every session but `except`; returns how many were queued.
+    /// Iterates slab keys (dense below `capacity`) so nothing is allocated.
+    fn seal_to_all(&mut self, now: Instant, except: Option<usize>) -> u64 {
+        let mut queued = 0;
+        for slot in 0..self.sessions.capacity() {
+            if Some(slot) != except && self.sessions.contains(slot) && self.seal_plain_to(now, slot)
+            {
+                queued += 1;
+            }
         }
+        queued
     }
 
     /// Re-encrypt a client's message for every other client, tagged with the sender's id.
@@ -855,16 +855,7 @@ impl RelayCore {
                 data,
             },
         );
-        // Iterate by slab key without allocating: keys are dense below `capacity`.
-        let cap = self.sessions.capacity();
-        for slot in 0..cap {
-            if slot == from_slot || !self.sessions.contains(slot) {
-                continue;
-            }
-            if self.seal_plain_to(now, slot) {
-                self.stats.deliveries += 1;
-            }
-        }
+        self.stats.deliveries += self.seal_to_all(now, Some(from_slot));
     }
 
     /// End a session: tell it (if `tell`) and the others, free everything it held.
@@ -925,10 +916,7 @@ impl RelayCore {
         if self.shut_down {
             return;
         }
-        let slots: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
-        for slot in slots {
-            self.send_sealed(now, slot, &Body::Shutdown);
-        }
+        self.broadcast(now, None, &Body::Shutdown);
         for (_, s) in self.sessions.iter() {
             self.reassembly.remove_owner(s.id);
         }

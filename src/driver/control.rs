@@ -336,10 +336,12 @@ impl ControlServer {
     /// Write queued output; close dead connections. Returns nothing: problems close the
     /// connection concerned and are logged.
     pub(crate) fn flush(&mut self, registry: &Registry) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
+        // Slab keys are dense below `capacity`: no list to allocate on every loop turn.
+        for key in 0..self.conns.capacity() {
             let token = self.conn_token(key);
-            let c = &mut self.conns[key];
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
             if c.out.len() - c.out_pos > OUTPUT_CAP {
                 warn!(
                     "control: {} is not reading; its reply does not fit, closing it",

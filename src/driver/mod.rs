@@ -331,13 +331,11 @@ impl Relay {
     /// Work that follows any input: RSA (bounded), commands, sends, logs.
     fn after_io(&mut self, registry: &Registry, now: Instant) {
         self.core.process_registrations(now, REGISTRATIONS_PER_TURN);
-        let requests = std::mem::take(&mut self.requests);
-        for r in &requests {
-            let Request::Command(key, cmd) = r;
-            self.run_command(now, *key, cmd.clone());
+        let mut requests = std::mem::take(&mut self.requests);
+        for Request::Command(key, cmd) in requests.drain(..) {
+            self.run_command(now, key, cmd);
         }
         self.requests = requests;
-        self.requests.clear();
         self.flush_transmits();
         self.flush_control(registry);
     }
