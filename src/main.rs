@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -263,9 +263,17 @@ fn parse_control(s: &str) -> Result<Option<SocketAddr>, UsageError> {
     if s == "off" {
         return Ok(None);
     }
-    s.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
+    // An address literal, or `localhost:PORT`. No name lookup: the relay never resolves
+    // names, so it needs neither NSS nor /etc/resolv.conf (and links statically, see
+    // docs/performance.md).
+    let parsed = match s.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse()
+            .ok()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+        None => s.parse().ok(),
+    };
+    parsed
         .map(Some)
         .ok_or_else(|| UsageError(format!("--control: {s:?} is not ADDR:PORT or off")))
 }

@@ -151,6 +151,14 @@ fn serve(extra_env: &[(&str, &str)]) -> Serve {
     });
     let fingerprint = line.rsplit(' ').next().unwrap().to_string();
     assert_eq!(fingerprint.len(), 64, "{line}");
+    // `2026-11-26T11:46:25.949Z INFO  [mcrelay] ...` (docs/operations.md, "Logs").
+    let (ts, rest) = line.split_at(24);
+    let shape: String = ts
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999-99-99T99:99:99.999Z", "{line}");
+    assert!(rest.starts_with(" INFO  [mcrelay"), "{line}");
     Serve {
         child,
         stderr,
@@ -289,6 +297,9 @@ fn bad_flags_exit_64_with_a_one_line_reason() {
         &["serve", "--bogus"],
         &["serve", "--client-timeout", "soon"],
         &["ctl", "--control", "nowhere"],
+        // No name lookups: only address literals and localhost.
+        &["ctl", "--control", "relay.example:5008"],
+        &["serve", "--client-timeout", "1e3"],
         &["frobnicate"],
     ] {
         let out = run(args);
@@ -328,6 +339,14 @@ fn ctl_exit_codes() {
 
     let out = s.ctl(&["kick", "4242"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // `localhost:PORT` is 127.0.0.1:PORT, without a name lookup.
+    let port = s.control.rsplit(':').next().unwrap();
+    let out = bin()
+        .args(["ctl", "--control", &format!("localhost:{port}"), "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // A port nobody listens on.
     let closed = format!("127.0.0.1:{}", free_port());
