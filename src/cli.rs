@@ -102,20 +102,36 @@ impl FromStr for Dur {
             s.find(|c: char| !c.is_ascii_digit() && c != '.')
                 .unwrap_or(s.len()),
         );
-        let n: f64 = num
-            .parse()
-            .map_err(|_| "expected a number with an optional unit (ms, s, m, h)".to_string())?;
-        let secs = match unit {
-            "" | "s" => n,
-            "ms" => n / 1000.0,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
+        // Fixed point, in billionths of the unit: no float parsing or rounding, and "0.1s"
+        // is exactly 100 ms.
+        let bad = || "expected a number with an optional unit (ms, s, m, h)".to_string();
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if int.is_empty() && frac.is_empty() || frac.contains('.') || int.len() > 12 {
+            return Err(bad());
+        }
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| bad())?
+        };
+        let mut billionths = 0u128;
+        for (i, c) in frac.bytes().enumerate() {
+            if i < 9 {
+                billionths += u128::from(c - b'0') * 10u128.pow(8 - i as u32);
+            }
+        }
+        let unit_ns: u128 = match unit {
+            "ms" => 1_000_000,
+            "" | "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(format!("unknown unit {unit:?} (ms, s, m, h)")),
         };
-        if !secs.is_finite() || !(0.0..=86400.0 * 365.0).contains(&secs) {
+        let ns = (int * 1_000_000_000 + billionths) * unit_ns / 1_000_000_000;
+        if ns > 365 * 86_400 * 1_000_000_000 {
             return Err("out of range".into());
         }
-        Ok(Dur(Duration::from_secs_f64(secs)))
+        Ok(Dur(Duration::from_nanos(ns as u64)))
     }
 }
 
@@ -157,9 +173,13 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
 
 /// UTC timestamp `2026-11-26T12:00:00.123Z` without a date library.
 pub fn utc_now() -> String {
-    let d = SystemTime::now()
+    utc(SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// `d` after the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn utc(d: Duration) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Howard Hinnant's civil_from_days.
@@ -181,8 +201,10 @@ pub fn utc_now() -> String {
     )
 }
 
-/// The binary's logger: simple_logger on stderr at the chosen level, plus every line up to
-/// the global max level into the [`LogTap`] for operators.
+/// The binary's logger: simple_logger on stderr at the chosen level, each line prefixed with
+/// a UTC timestamp (written here, not by simple_logger's `timestamps` feature, which would
+/// link the `time` crate and its proc-macro for the same 24 characters), plus every line up
+/// to the global max level into the [`LogTap`] for operators.
 pub struct Logger {
     stderr: simple_logger::SimpleLogger,
     stderr_level: log::LevelFilter,
@@ -207,9 +229,7 @@ impl Logger {
         tap: Option<LogTap>,
         guard: Option<fn()>,
     ) -> Result<(), log::SetLoggerError> {
-        let stderr = simple_logger::SimpleLogger::new()
-            .with_level(level)
-            .with_utc_timestamps();
+        let stderr = simple_logger::SimpleLogger::new().with_level(level);
         log::set_boxed_logger(Box::new(Logger {
             stderr,
             stderr_level: level,
@@ -230,7 +250,12 @@ impl log::Log for Logger {
             if let Some(guard) = self.guard {
                 guard();
             }
+            // One lock across prefix and line (stderr's lock is reentrant), so lines from
+            // several threads never interleave: `<timestamp> <LEVEL> [<target>] <message>`.
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{} ", utc_now());
             self.stderr.log(r);
+            drop(err);
         }
         if let Some(tap) = &self.tap {
             tap.push(
@@ -258,6 +283,23 @@ mod tests {
         assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
         assert!("fast".parse::<Dur>().is_err());
         assert!("5y".parse::<Dur>().is_err());
+        assert_eq!("0.1s".parse::<Dur>().unwrap().0, Duration::from_millis(100));
+        assert_eq!(".5".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("1.5m".parse::<Dur>().unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            "2.5ms".parse::<Dur>().unwrap().0,
+            Duration::from_micros(2500)
+        );
+        assert_eq!("24h".parse::<Dur>().unwrap().0, Duration::from_secs(86_400));
+        assert_eq!(
+            "365d".parse::<Dur>().map(|d| d.0),
+            Err("unknown unit \"d\" (ms, s, m, h)".into())
+        );
+        assert!("8761h".parse::<Dur>().is_err());
+        assert!("99999999999999999999".parse::<Dur>().is_err());
+        for bad in ["", ".", "1.2.3", "-1", "1e3", "s", "1..2"] {
+            assert!(bad.parse::<Dur>().is_err(), "{bad:?}");
+        }
         assert_eq!("64K".parse::<Size>().unwrap().0, 65536);
         assert_eq!("8M".parse::<Size>().unwrap().0, 8 << 20);
         assert!("-1".parse::<Size>().is_err());
@@ -276,5 +318,17 @@ mod tests {
         let t = utc_now();
         assert_eq!(t.len(), 24);
         assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+
+    #[test]
+    fn utc_known_instants() {
+        let at = |s, ms| utc(Duration::from_secs(s) + Duration::from_millis(ms));
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        // `date -u -d @951782400` = Tue Feb 29 00:00:00 UTC 2000 (a 400-year leap day).
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.007Z");
+        assert_eq!(at(951_782_399, 999), "2000-02-28T23:59:59.999Z");
+        // 2100 is not a leap year: Feb 28 is followed by Mar 1.
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+        assert_eq!(at(1_795_694_400, 123), "2026-11-26T12:00:00.123Z");
     }
 }

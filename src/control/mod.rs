@@ -4,7 +4,7 @@
 //! `ERR <reason>`. Asynchronous log lines start with `LOG ` and nothing else does.
 
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::core::{ClientInfo, Drop, KickTarget, RelayCore};
 
@@ -160,14 +160,23 @@ pub fn format_help(out: &mut String) {
     }
 }
 
-fn secs_since(now: Instant, then: Instant) -> f64 {
-    now.saturating_duration_since(then).as_secs_f64()
+fn secs_since(now: Instant, then: Instant) -> u64 {
+    now.saturating_duration_since(then).as_secs()
+}
+
+/// Seconds with one decimal (truncated), from integers: `12.3`.
+struct Tenths(Duration);
+
+impl std::fmt::Display for Tenths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0.as_secs(), self.0.subsec_millis() / 100)
+    }
 }
 
 /// `stats`: `name value` lines.
 pub fn format_stats(out: &mut String, core: &RelayCore, now: Instant, started: Instant) {
     let s = core.stats();
-    let _ = writeln!(out, "uptime_seconds {:.0}", secs_since(now, started));
+    let _ = writeln!(out, "uptime_seconds {}", secs_since(now, started));
     let _ = writeln!(out, "clients {}", core.client_count());
     for (name, v) in s.counters() {
         let _ = writeln!(out, "{name} {v}");
@@ -194,12 +203,12 @@ pub fn format_clients(out: &mut String, clients: impl Iterator<Item = ClientInfo
     for c in clients {
         let _ = writeln!(
             out,
-            "id={} addr={} name={} since={:.0}s last_seen={:.1}s msgs_in={} bytes_in={} msgs_out={} bytes_out={}",
+            "id={} addr={} name={} since={}s last_seen={}s msgs_in={} bytes_in={} msgs_out={} bytes_out={}",
             c.id,
             c.addr,
             c.name.as_deref().unwrap_or("-"),
             secs_since(now, c.since),
-            secs_since(now, c.last_seen),
+            Tenths(now.saturating_duration_since(c.last_seen)),
             c.msgs_in,
             c.bytes_in,
             c.msgs_out,
@@ -211,7 +220,7 @@ pub fn format_clients(out: &mut String, clients: impl Iterator<Item = ClientInfo
 /// `metrics`: Prometheus text exposition format 0.0.4.
 pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant, started: Instant) {
     let s = core.stats();
-    let mut gauge = |name: &str, help: &str, kind: &str, v: f64| {
+    let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
         let _ = writeln!(out, "# HELP mcrelay_{name} {help}");
         let _ = writeln!(out, "# TYPE mcrelay_{name} {kind}");
         let _ = writeln!(out, "mcrelay_{name} {v}");
@@ -220,19 +229,19 @@ pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant, started:
         "uptime_seconds",
         "Seconds since the relay started.",
         "gauge",
-        secs_since(now, started).floor(),
+        secs_since(now, started),
     );
     gauge(
         "clients",
         "Registered clients now.",
         "gauge",
-        core.client_count() as f64,
+        core.client_count() as u64,
     );
     gauge(
         "reassembly_bytes",
         "Bytes held by incomplete reassemblies.",
         "gauge",
-        core.reassembly_bytes() as f64,
+        core.reassembly_bytes() as u64,
     );
     for (name, v) in s.counters() {
         let kind = if name == "peak_clients" {
@@ -241,12 +250,7 @@ pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant, started:
             "counter"
         };
         let suffix = if kind == "counter" { "_total" } else { "" };
-        gauge(
-            &format!("{name}{suffix}"),
-            &name.replace('_', " "),
-            kind,
-            v as f64,
-        );
+        gauge(&format!("{name}{suffix}"), &name.replace('_', " "), kind, v);
     }
     let _ = writeln!(
         out,
