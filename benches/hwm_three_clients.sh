@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # VmHWM / VmRSS of `mcrelay serve` with three `mcrelay client`s connected, on loopback (TTL 0).
-# Usage: benches/hwm_three_clients.sh [path/to/mcrelay]   (default: target/release/mcrelay)
+# Usage: benches/hwm_three_clients.sh [path/to/mcrelay]
+#        (default: the release build, target/<host triple>/release/mcrelay)
 set -euo pipefail
-B=${1:-target/release/mcrelay}
+host=$(rustc -vV | sed -n "s/^host: //p")
+B=${1:-target/$host/release/mcrelay}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$B" keygen --key-file "$dir/k.pem" >/dev/null
