@@ -1,4 +1,8 @@
 //! mcrelay: a secure, manageable UDP multicast relay.
+//!
+//! `unsafe` is denied everywhere but two modules, each of which allows it for one reason:
+//! `driver::batch` (`recvmmsg`/`sendmmsg`) and `crypto::multi` (AES-NI and SHA-NI
+//! intrinsics); every `unsafe` block there carries a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
 pub mod cli;

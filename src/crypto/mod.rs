@@ -4,4 +4,5 @@ pub mod base64;
 pub mod cookie;
 pub mod fernet;
 pub mod key;
+pub mod multi;
 pub mod rng;
