@@ -781,7 +781,11 @@ impl RelayCore {
         let binary = s.version >= 2;
         let token_len = fernet::sealed_len(binary, self.seal_buf.len());
         let n = wire::datagrams_for_token(token_len);
-        let wire_bytes = token_len + n * (TLV_HEADER + wire::FRAGMENT_HEADER);
+        let wire_bytes = if n == 1 {
+            TLV_HEADER + token_len
+        } else {
+            token_len + n * (TLV_HEADER + wire::FRAGMENT_HEADER)
+        };
         if !self.out.has_room(wire_bytes) {
             self.stats.drop(Drop::SendQueueFull);
             return false;
@@ -830,15 +834,83 @@ impl RelayCore {
 
     /// Seal `seal_buf` for every session but `except`; returns how many were queued.
     /// Iterates slab keys (dense below `capacity`) so nothing is allocated.
+    ///
+    /// Version-2 recipients of a single-datagram token go in batches of four: each token is
+    /// laid out in the outbox first (header, plaintext, room for the tag), then four are
+    /// encrypted and signed together ([`fernet::finish_raw_x4`]), the rest one by one.
     fn seal_to_all(&mut self, now: Instant, except: Option<usize>) -> u64 {
+        let raw_len = fernet::raw_token_len(self.seal_buf.len());
+        let batchable = wire::datagrams_for_token(raw_len) == 1;
+        let mut batch = [(0usize, 0usize); 4]; // (slot, token offset in the outbox)
+        let mut held = 0;
         let mut queued = 0;
         for slot in 0..self.sessions.capacity() {
-            if Some(slot) != except && self.sessions.contains(slot) && self.seal_plain_to(now, slot)
-            {
+            if Some(slot) == except || !self.sessions.contains(slot) {
+                continue;
+            }
+            if batchable && self.sessions[slot].version >= 2 {
+                if let Some(at) = self.lay_out_raw(now, slot, raw_len) {
+                    batch[held] = (slot, at);
+                    held += 1;
+                    queued += 1;
+                    if held == 4 {
+                        self.finish_batch(&batch, raw_len);
+                        held = 0;
+                    }
+                }
+            } else if self.seal_plain_to(now, slot) {
                 queued += 1;
             }
         }
+        for &(slot, at) in &batch[..held] {
+            fernet::finish_raw(
+                &self.sessions[slot].key,
+                &mut self.out.buf[at..at + raw_len],
+            );
+        }
         queued
+    }
+
+    /// The single-datagram, version-2 case of [`Self::seal_plain_to`] up to the encryption:
+    /// queues the datagram with its token laid out by [`fernet::prepare_raw`] and returns the
+    /// token's offset in the outbox, to be finished by the caller.
+    fn lay_out_raw(&mut self, now: Instant, slot: usize, raw_len: usize) -> Option<usize> {
+        let wire_bytes = TLV_HEADER + raw_len;
+        if !self.out.has_room(wire_bytes) {
+            self.stats.drop(Drop::SendQueueFull);
+            return None;
+        }
+        let unix = self.unix(now);
+        let s = &mut self.sessions[slot];
+        s.tx_seq += 1;
+        self.seal_buf[4..12].copy_from_slice(&s.tx_seq.to_be_bytes());
+        let iv = self.rng.iv();
+        let start = self.out.buf.len();
+        wire::put_tlv_header(&mut self.out.buf, outer::SEALED, raw_len);
+        fernet::prepare_raw(&iv, unix, &self.seal_buf, &mut self.out.buf);
+        self.out.commit(s.addr, start);
+        s.msgs_out += 1;
+        s.bytes_out += wire_bytes as u64;
+        Some(start + TLV_HEADER)
+    }
+
+    /// Encrypt and sign four tokens laid out by [`Self::lay_out_raw`] (offsets ascending).
+    fn finish_batch(&mut self, batch: &[(usize, usize); 4], raw_len: usize) {
+        let [(s0, a0), (s1, a1), (s2, a2), (s3, a3)] = *batch;
+        let buf = &mut self.out.buf[a0..];
+        let (t0, rest) = buf.split_at_mut(a1 - a0);
+        let (t1, rest) = rest.split_at_mut(a2 - a1);
+        let (t2, t3) = rest.split_at_mut(a3 - a2);
+        let k = |slot: usize| &self.sessions[slot].key;
+        fernet::finish_raw_x4(
+            [k(s0), k(s1), k(s2), k(s3)],
+            [
+                &mut t0[..raw_len],
+                &mut t1[..raw_len],
+                &mut t2[..raw_len],
+                &mut t3[..raw_len],
+            ],
+        );
     }
 
     /// Re-encrypt a client's message for every other client, tagged with the sender's id.
