@@ -6,9 +6,9 @@
 //! Workloads, per stream (one stream = one recipient), each stream with its own key:
 //! * AES-128-CBC of a 144-byte payload (9 blocks), key expansion included: the `cbc` crate's
 //!   `Encryptor::<aes::Aes128Enc>::new` per call (as `fernet.rs` does with hardware AES) vs
-//!   `cbc_encrypt_x4` / `cbc_encrypt_x2` / `cbc_encrypt`.
+//!   `cbc_encrypt_n` with N = 4 and 2, and `cbc_encrypt`.
 //! * HMAC-SHA256 of a 153-byte message: the `hmac` crate with a cloned keyed state (as
-//!   `fernet.rs` does) vs `hmac_x4` / `hmac_x2` / `hmac`.
+//!   `fernet.rs` does) vs `hmac_n` with N = 4 and 2, and `hmac`.
 //!
 //! Every variant copies the plaintext into its buffer first, as the relay does.
 //!
@@ -139,14 +139,14 @@ fn cbc_cases<'a>(
 
     let (mut bufs, mut iv4) = ([[0u8; CBC_LEN]; 4], *ivs);
     cases.push(Case {
-        name: "cbc_encrypt_x4",
+        name: "cbc_encrypt_n, N=4",
         f: Box::new(move || {
             for i in 0..4 {
                 bufs[i].copy_from_slice(black_box(&plain[i]));
             }
             let v = if chained { iv4 } else { *ivs };
             let [b0, b1, b2, b3] = &mut bufs;
-            multi::cbc_encrypt_x4(black_box(keys).each_ref(), v.each_ref(), [b0, b1, b2, b3]);
+            multi::cbc_encrypt_n(black_box(keys).each_ref(), v.each_ref(), [b0, b1, b2, b3]);
             iv4 = bufs.each_ref().map(|b| last_block(b));
             black_box(&bufs);
         }),
@@ -154,14 +154,14 @@ fn cbc_cases<'a>(
 
     let (mut b0, mut b1, mut iv2) = ([0u8; CBC_LEN], [0u8; CBC_LEN], [ivs[0], ivs[1]]);
     cases.push(Case {
-        name: "cbc_encrypt_x2 (x2)",
+        name: "cbc_encrypt_n, N=2 (x2)",
         f: Box::new(move || {
             for [p, q] in [[0, 1], [2, 3]] {
                 b0.copy_from_slice(black_box(&plain[p]));
                 b1.copy_from_slice(black_box(&plain[q]));
                 let v = if chained { iv2 } else { [ivs[p], ivs[q]] };
                 let k = black_box(keys);
-                multi::cbc_encrypt_x2([&k[p], &k[q]], [&v[0], &v[1]], [&mut b0, &mut b1]);
+                multi::cbc_encrypt_n([&k[p], &k[q]], [&v[0], &v[1]], [&mut b0, &mut b1]);
                 iv2 = [last_block(&b0), last_block(&b1)];
                 black_box((&b0, &b1));
             }
@@ -210,14 +210,14 @@ fn hmac_cases<'a>(
 
     let (mut m, mut prev) = (*msgs, [[0u8; 32]; 4]);
     cases.push(Case {
-        name: "hmac_x4",
+        name: "hmac_n, N=4",
         f: Box::new(move || {
             if chained {
                 for i in 0..4 {
                     m[i][..32].copy_from_slice(&prev[i]);
                 }
             }
-            prev = multi::hmac_x4(
+            prev = multi::hmac_n(
                 mac_keys.each_ref(),
                 black_box(&m).each_ref().map(|x| &x[..]),
             );
@@ -227,7 +227,7 @@ fn hmac_cases<'a>(
 
     let (mut m, mut prev) = (*msgs, [[0u8; 32]; 2]);
     cases.push(Case {
-        name: "hmac_x2 (x2)",
+        name: "hmac_n, N=2 (x2)",
         f: Box::new(move || {
             for [p, q] in [[0, 1], [2, 3]] {
                 if chained {
@@ -235,7 +235,7 @@ fn hmac_cases<'a>(
                     m[q][..32].copy_from_slice(&prev[1]);
                 }
                 let mm = black_box(&m);
-                prev = multi::hmac_x2([&mac_keys[p], &mac_keys[q]], [&mm[p], &mm[q]]);
+                prev = multi::hmac_n([&mac_keys[p], &mac_keys[q]], [&mm[p], &mm[q]]);
                 black_box(prev);
             }
         }),

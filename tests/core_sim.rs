@@ -67,6 +67,23 @@ impl Sim {
         self.clients.len() - 1
     }
 
+    /// A client that speaks only protocol version 1 (as tests/interop/pyclient.py does).
+    fn add_v1_client(&mut self, port: u16) -> usize {
+        let mut seed = [0u8; 32];
+        self.rng.fill(&mut seed);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut session = ClientSession::new(Rng::from_seed(seed), None, None, self.now);
+        session.set_max_version(1, self.now);
+        self.clients.push(SimClient {
+            addr,
+            session,
+            events: Vec::new(),
+            sent: Vec::new(),
+        });
+        self.pump();
+        self.clients.len() - 1
+    }
+
     /// Move every queued datagram until nothing moves.
     fn pump(&mut self) {
         loop {
@@ -346,20 +363,7 @@ fn shutdown_frees_reassemblies_and_tells_everyone() {
 fn version_1_and_version_2_clients_share_a_relay() {
     let mut sim = Sim::new(Config::default(), 5);
     let v2 = sim.add_client();
-    // A version-1-only client (as tests/interop/pyclient.py is).
-    let mut seed = [0u8; 32];
-    sim.rng.fill(&mut seed);
-    let addr = SocketAddr::from(([127, 0, 0, 1], 45000));
-    let mut session = ClientSession::new(Rng::from_seed(seed), None, None, sim.now);
-    session.set_max_version(1, sim.now);
-    sim.clients.push(SimClient {
-        addr,
-        session,
-        events: Vec::new(),
-        sent: Vec::new(),
-    });
-    sim.pump();
-    let v1 = sim.clients.len() - 1;
+    let v1 = sim.add_v1_client(45000);
     assert_eq!(sim.clients[v1].session.version(), 1);
     assert_eq!(sim.clients[v2].session.version(), 2);
     sim.take_events(v1);
@@ -402,19 +406,7 @@ fn batched_fan_out_reaches_every_recipient_exactly() {
     let mut v1s = Vec::new();
     for i in 0..15 {
         if i == 5 || i == 11 {
-            let mut seed = [0u8; 32];
-            sim.rng.fill(&mut seed);
-            let addr = SocketAddr::from(([127, 0, 0, 1], 46000 + i));
-            let mut session = ClientSession::new(Rng::from_seed(seed), None, None, sim.now);
-            session.set_max_version(1, sim.now);
-            sim.clients.push(SimClient {
-                addr,
-                session,
-                events: Vec::new(),
-                sent: Vec::new(),
-            });
-            sim.pump();
-            v1s.push(sim.clients.len() - 1);
+            v1s.push(sim.add_v1_client(46000 + i));
         } else {
             sim.add_client();
         }

@@ -147,6 +147,17 @@ impl Outbox {
     }
 }
 
+/// What [`RelayCore::seal_plain_to`] did with one recipient's token.
+enum Sealed {
+    /// Not queued: the send queue is full (counted).
+    Dropped,
+    /// Queued, encrypted and signed.
+    Done,
+    /// Queued, laid out by [`fernet::prepare_raw`] at this outbox offset; the caller
+    /// encrypts and signs it.
+    Pending(usize),
+}
+
 /// Rate-limited warnings for drops: at most `PER_SEC` lines a second, then a summary.
 struct DropLog {
     window: Instant,
@@ -773,8 +784,10 @@ impl RelayCore {
 
     /// Encrypt the plaintext in `self.seal_buf` for session `slot` and queue it (fragmented if
     /// needed). The SEQ value at `plain[4..12]` is patched with the session's next number.
-    fn seal_plain_to(&mut self, now: Instant, slot: usize) -> bool {
-        let unix = self.unix(now);
+    /// With `defer`, a single-datagram binary (version 2) token is only laid out
+    /// ([`fernet::prepare_raw`]) and [`Sealed::Pending`] tells the caller where, so that it can
+    /// encrypt and sign several together.
+    fn seal_plain_to(&mut self, unix: u64, slot: usize, defer: bool) -> Sealed {
         let s = &mut self.sessions[slot];
         s.tx_seq += 1;
         self.seal_buf[4..12].copy_from_slice(&s.tx_seq.to_be_bytes());
@@ -788,13 +801,19 @@ impl RelayCore {
         };
         if !self.out.has_room(wire_bytes) {
             self.stats.drop(Drop::SendQueueFull);
-            return false;
+            return Sealed::Dropped;
         }
         let iv = self.rng.iv();
+        let mut sealed = Sealed::Done;
         if n == 1 {
             let start = self.out.buf.len();
             wire::put_tlv_header(&mut self.out.buf, outer::SEALED, token_len);
-            fernet::seal_into(binary, &s.key, &iv, unix, &self.seal_buf, &mut self.out.buf);
+            if binary && defer {
+                fernet::prepare_raw(&iv, unix, &self.seal_buf, &mut self.out.buf);
+                sealed = Sealed::Pending(start + TLV_HEADER);
+            } else {
+                fernet::seal_into(binary, &s.key, &iv, unix, &self.seal_buf, &mut self.out.buf);
+            }
             self.out.commit(s.addr, start);
         } else {
             self.frag_buf.clear();
@@ -816,13 +835,13 @@ impl RelayCore {
         }
         s.msgs_out += 1;
         s.bytes_out += wire_bytes as u64;
-        true
+        sealed
     }
 
     fn send_sealed(&mut self, now: Instant, slot: usize, body: &Body<'_>) {
         self.seal_buf.clear();
         wire::write_inner(&mut self.seal_buf, 0, body);
-        self.seal_plain_to(now, slot);
+        self.seal_plain_to(self.unix(now), slot, false);
     }
 
     /// Send `body` to every session except `except`.
@@ -839,8 +858,8 @@ impl RelayCore {
     /// laid out in the outbox first (header, plaintext, room for the tag), then four are
     /// encrypted and signed together ([`fernet::finish_raw_x4`]), the rest one by one.
     fn seal_to_all(&mut self, now: Instant, except: Option<usize>) -> u64 {
+        let unix = self.unix(now);
         let raw_len = fernet::raw_token_len(self.seal_buf.len());
-        let batchable = wire::datagrams_for_token(raw_len) == 1;
         let mut batch = [(0usize, 0usize); 4]; // (slot, token offset in the outbox)
         let mut held = 0;
         let mut queued = 0;
@@ -848,18 +867,18 @@ impl RelayCore {
             if Some(slot) == except || !self.sessions.contains(slot) {
                 continue;
             }
-            if batchable && self.sessions[slot].version >= 2 {
-                if let Some(at) = self.lay_out_raw(now, slot, raw_len) {
+            match self.seal_plain_to(unix, slot, true) {
+                Sealed::Dropped => {}
+                Sealed::Done => queued += 1,
+                Sealed::Pending(at) => {
+                    queued += 1;
                     batch[held] = (slot, at);
                     held += 1;
-                    queued += 1;
                     if held == 4 {
                         self.finish_batch(&batch, raw_len);
                         held = 0;
                     }
                 }
-            } else if self.seal_plain_to(now, slot) {
-                queued += 1;
             }
         }
         for &(slot, at) in &batch[..held] {
@@ -871,30 +890,7 @@ impl RelayCore {
         queued
     }
 
-    /// The single-datagram, version-2 case of [`Self::seal_plain_to`] up to the encryption:
-    /// queues the datagram with its token laid out by [`fernet::prepare_raw`] and returns the
-    /// token's offset in the outbox, to be finished by the caller.
-    fn lay_out_raw(&mut self, now: Instant, slot: usize, raw_len: usize) -> Option<usize> {
-        let wire_bytes = TLV_HEADER + raw_len;
-        if !self.out.has_room(wire_bytes) {
-            self.stats.drop(Drop::SendQueueFull);
-            return None;
-        }
-        let unix = self.unix(now);
-        let s = &mut self.sessions[slot];
-        s.tx_seq += 1;
-        self.seal_buf[4..12].copy_from_slice(&s.tx_seq.to_be_bytes());
-        let iv = self.rng.iv();
-        let start = self.out.buf.len();
-        wire::put_tlv_header(&mut self.out.buf, outer::SEALED, raw_len);
-        fernet::prepare_raw(&iv, unix, &self.seal_buf, &mut self.out.buf);
-        self.out.commit(s.addr, start);
-        s.msgs_out += 1;
-        s.bytes_out += wire_bytes as u64;
-        Some(start + TLV_HEADER)
-    }
-
-    /// Encrypt and sign four tokens laid out by [`Self::lay_out_raw`] (offsets ascending).
+    /// Encrypt and sign four pending tokens (outbox offsets ascending).
     fn finish_batch(&mut self, batch: &[(usize, usize); 4], raw_len: usize) {
         let [(s0, a0), (s1, a1), (s2, a2), (s3, a3)] = *batch;
         let buf = &mut self.out.buf[a0..];

@@ -277,14 +277,18 @@ pub fn prepare_raw(iv: &[u8; 16], timestamp: u64, plaintext: &[u8], out: &mut Ve
 /// single-stream kernels of [`multi`], otherwise the RustCrypto crates.
 pub fn finish_raw(key: &FernetKey, token: &mut [u8]) {
     let (signed, tag) = token.split_at_mut(token.len() - MAC_LEN);
-    let mut iv = [0u8; 16];
-    iv.copy_from_slice(&signed[9..HEADER_LEN]);
+    let iv = token_iv(signed);
     if multi::available() {
         multi::cbc_encrypt(&key.encryption, &iv, &mut signed[HEADER_LEN..]);
         tag.copy_from_slice(&multi::hmac(&key.mac_x, signed));
     } else {
         finish_portable(key, &iv, signed, tag);
     }
+}
+
+/// The IV in a token's header (after version and timestamp).
+fn token_iv(token: &[u8]) -> [u8; 16] {
+    token[9..HEADER_LEN].try_into().expect("16 bytes")
 }
 
 /// [`finish_raw`] on the RustCrypto crates, for CPUs (and architectures) without the kernels.
@@ -299,32 +303,31 @@ fn finish_portable(key: &FernetKey, iv: &[u8; 16], signed: &mut [u8], tag: &mut 
 }
 
 /// [`finish_raw`] for four tokens of the same length under four keys. With AES-NI and SHA-NI
-/// the four CBC chains and the four HMACs run interleaved ([`multi::cbc_encrypt_x4`],
-/// [`multi::hmac_x4`]): each is a chain of dependent instructions, so one alone leaves most
+/// the four CBC chains and the four HMACs run interleaved ([`multi::cbc_encrypt_n`],
+/// [`multi::hmac_n`]): each is a chain of dependent instructions, so one alone leaves most
 /// of the CPU's AES and SHA throughput unused.
 ///
 /// # Panics
 /// If the tokens differ in length.
 pub fn finish_raw_x4(keys: [&FernetKey; 4], tokens: [&mut [u8]; 4]) {
+    let len = tokens[0].len();
+    assert!(
+        tokens.iter().all(|t| t.len() == len),
+        "finish_raw_x4: tokens of one length"
+    );
     if !multi::available() {
         for (key, token) in keys.into_iter().zip(tokens) {
             finish_raw(key, token);
         }
         return;
     }
-    let len = tokens[0].len();
-    assert!(
-        tokens.iter().all(|t| t.len() == len),
-        "finish_raw_x4: tokens of one length"
-    );
     let [t0, t1, t2, t3] = tokens;
     let (s0, g0) = t0.split_at_mut(len - MAC_LEN);
     let (s1, g1) = t1.split_at_mut(len - MAC_LEN);
     let (s2, g2) = t2.split_at_mut(len - MAC_LEN);
     let (s3, g3) = t3.split_at_mut(len - MAC_LEN);
-    let iv = |s: &[u8]| -> [u8; 16] { s[9..HEADER_LEN].try_into().expect("16 bytes") };
-    let ivs = [iv(s0), iv(s1), iv(s2), iv(s3)];
-    multi::cbc_encrypt_x4(
+    let ivs = [token_iv(s0), token_iv(s1), token_iv(s2), token_iv(s3)];
+    multi::cbc_encrypt_n(
         [
             &keys[0].encryption,
             &keys[1].encryption,
@@ -339,7 +342,7 @@ pub fn finish_raw_x4(keys: [&FernetKey; 4], tokens: [&mut [u8]; 4]) {
             &mut s3[HEADER_LEN..],
         ],
     );
-    let tags = multi::hmac_x4(
+    let tags = multi::hmac_n(
         [
             &keys[0].mac_x,
             &keys[1].mac_x,
@@ -496,7 +499,7 @@ pub fn decrypt_raw_into(
     }
 
     let timestamp = u64::from_be_bytes(signed[1..9].try_into().expect("8 bytes"));
-    let iv: [u8; 16] = signed[9..HEADER_LEN].try_into().expect("16 bytes");
+    let iv = token_iv(signed);
     let ciphertext = &signed[HEADER_LEN..];
     let (ct_blocks, _) = Array::slice_as_chunks(ciphertext);
 

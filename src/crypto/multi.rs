@@ -8,10 +8,10 @@
 //! their chains have exactly the same shape: this module runs several of them side by side,
 //! one instruction of each chain after the other, and the out-of-order core overlaps them.
 //!
-//! * [`cbc_encrypt_x4`] (and [`cbc_encrypt_x8`], [`cbc_encrypt_x2`], [`cbc_encrypt`]):
-//!   AES-128-CBC of 4 (8, 2, 1) independent streams of equal length, in place, including the
+//! * [`cbc_encrypt_n`] (and [`cbc_encrypt`] for one stream):
+//!   AES-128-CBC of `N` independent streams of equal length, in place, including the
 //!   key expansion.
-//! * [`hmac_x2`] (and [`hmac_x4`], [`hmac()`]): HMAC-SHA256 of 2 (4, 1) equal-length messages,
+//! * [`hmac_n`] (and [`hmac()`] for one message): HMAC-SHA256 of `N` equal-length messages,
 //!   each under its own [`HmacKey`] (a key with its ipad and opad blocks already compressed).
 //!
 //! All variants are one generic kernel over the number of streams `N` (the stream loops are
@@ -98,40 +98,7 @@ fn assert_available() {
 // AES-128-CBC
 // ---------------------------------------------------------------------------------------------
 
-/// AES-128-CBC encryption of four independent streams, in place, without padding.
-///
-/// Stream `i` encrypts `bufs[i]` under `keys[i]` with IV `ivs[i]`; the result is exactly what
-/// `cbc::Encryptor::<aes::Aes128Enc>` produces for that stream alone. The four key expansions
-/// and the four CBC chains are interleaved instruction by instruction, so the ~3–4 cycle
-/// latency of each `AESENC` is filled with the other streams' rounds.
-///
-/// # Panics
-/// If the buffers do not all have the same length, if that length is not a multiple of 16,
-/// or if [`available`] is false.
-pub fn cbc_encrypt_x4(keys: [&[u8; 16]; 4], ivs: [&[u8; 16]; 4], bufs: [&mut [u8]; 4]) {
-    cbc_encrypt_n(keys, ivs, bufs);
-}
-
-/// [`cbc_encrypt_x4`] for eight streams. Where `AESENC` has 3 cycles latency and two per cycle
-/// throughput (Intel since Ice Lake, AMD since Zen 3) four streams cannot fill the AES units
-/// and eight can: on 1,200-byte payloads this was ~1.4× faster per stream than x4 here
-/// (Sapphire Rapids-class Xeon), on 144-byte ones no faster (the key expansions dominate).
-///
-/// # Panics
-/// As [`cbc_encrypt_x4`].
-pub fn cbc_encrypt_x8(keys: [&[u8; 16]; 8], ivs: [&[u8; 16]; 8], bufs: [&mut [u8]; 8]) {
-    cbc_encrypt_n(keys, ivs, bufs);
-}
-
-/// [`cbc_encrypt_x4`] for two streams (for a remainder of two or three recipients).
-///
-/// # Panics
-/// As [`cbc_encrypt_x4`].
-pub fn cbc_encrypt_x2(keys: [&[u8; 16]; 2], ivs: [&[u8; 16]; 2], bufs: [&mut [u8]; 2]) {
-    cbc_encrypt_n(keys, ivs, bufs);
-}
-
-/// [`cbc_encrypt_x4`] for a single stream (AES-NI key expansion and CBC, no interleaving).
+/// [`cbc_encrypt_n`] for a single stream (AES-NI key expansion and CBC, no interleaving).
 ///
 /// # Panics
 /// If `buf.len()` is not a multiple of 16, or if [`available`] is false.
@@ -139,9 +106,27 @@ pub fn cbc_encrypt(key: &[u8; 16], iv: &[u8; 16], buf: &mut [u8]) {
     cbc_encrypt_n([key], [iv], [buf]);
 }
 
-/// Checks the shared preconditions, then runs the N-stream kernel.
+/// AES-128-CBC encryption of `N` independent streams, in place, without padding (the relay
+/// uses `N = 4`).
+///
+/// Stream `i` encrypts `bufs[i]` under `keys[i]` with IV `ivs[i]`; the result is exactly what
+/// `cbc::Encryptor::<aes::Aes128Enc>` produces for that stream alone. The key expansions and
+/// the CBC chains are interleaved instruction by instruction, so the ~3–4 cycle latency of
+/// each `AESENC` is filled with the other streams' rounds. Where `AESENC` has 3 cycles
+/// latency and two per cycle throughput (Intel since Ice Lake, AMD since Zen 3) four streams
+/// cannot fill the AES units and eight can: on 1,200-byte payloads `N = 8` was ~1.4× faster
+/// per stream than `N = 4` here (Sapphire Rapids-class Xeon), on 144-byte ones no faster (the
+/// key expansions dominate).
+///
+/// # Panics
+/// If the buffers do not all have the same length, if that length is not a multiple of 16,
+/// or if [`available`] is false.
 #[track_caller]
-fn cbc_encrypt_n<const N: usize>(keys: [&[u8; 16]; N], ivs: [&[u8; 16]; N], bufs: [&mut [u8]; N]) {
+pub fn cbc_encrypt_n<const N: usize>(
+    keys: [&[u8; 16]; N],
+    ivs: [&[u8; 16]; N],
+    bufs: [&mut [u8]; N],
+) {
     let len = bufs[0].len();
     assert!(
         bufs.iter().all(|b| b.len() == len),
@@ -225,27 +210,6 @@ impl HmacKey {
     }
 }
 
-/// HMAC-SHA256 of two messages of equal length, each under its own key; the two SHA-256
-/// chains (inner hash, then the one-block outer hash) are interleaved with SHA-NI.
-///
-/// `result[i]` is HMAC-SHA256(`keys[i]`, `msgs[i]`).
-///
-/// # Panics
-/// If the messages differ in length, or if [`available`] is false.
-#[must_use]
-pub fn hmac_x2(keys: [&HmacKey; 2], msgs: [&[u8]; 2]) -> [[u8; 32]; 2] {
-    hmac_n(keys, msgs)
-}
-
-/// [`hmac_x2`] for four messages of equal length.
-///
-/// # Panics
-/// If the messages differ in length, or if [`available`] is false.
-#[must_use]
-pub fn hmac_x4(keys: [&HmacKey; 4], msgs: [&[u8]; 4]) -> [[u8; 32]; 4] {
-    hmac_n(keys, msgs)
-}
-
 /// Single-stream HMAC-SHA256 with SHA-NI.
 ///
 /// # Panics
@@ -256,9 +220,15 @@ pub fn hmac(key: &HmacKey, msg: &[u8]) -> [u8; 32] {
     tag
 }
 
-/// Checks the shared preconditions, then runs the N-stream kernel.
+/// HMAC-SHA256 of `N` messages of equal length, each under its own key (the relay uses
+/// `N = 4`); the SHA-256 chains (inner hash, then the one-block outer hash) are interleaved
+/// with SHA-NI. `result[i]` is HMAC-SHA256(`keys[i]`, `msgs[i]`).
+///
+/// # Panics
+/// If the messages differ in length, or if [`available`] is false.
+#[must_use]
 #[track_caller]
-fn hmac_n<const N: usize>(keys: [&HmacKey; N], msgs: [&[u8]; N]) -> [[u8; 32]; N] {
+pub fn hmac_n<const N: usize>(keys: [&HmacKey; N], msgs: [&[u8]; N]) -> [[u8; 32]; N] {
     let len = msgs[0].len();
     assert!(
         msgs.iter().all(|m| m.len() == len),
@@ -690,7 +660,7 @@ mod tests {
 
         let mut bufs = plain.clone();
         let [b0, b1, b2, b3, ..] = &mut bufs;
-        cbc_encrypt_x4(
+        cbc_encrypt_n(
             [&keys[0], &keys[1], &keys[2], &keys[3]],
             [&ivs[0], &ivs[1], &ivs[2], &ivs[3]],
             [b0.as_mut_slice(), b1, b2, b3],
@@ -701,7 +671,7 @@ mod tests {
 
         let mut bufs = plain.clone();
         let [b0, b1, b2, b3, b4, b5, b6, b7] = &mut bufs;
-        cbc_encrypt_x8(
+        cbc_encrypt_n(
             keys.each_ref(),
             ivs.each_ref(),
             [b0.as_mut_slice(), b1, b2, b3, b4, b5, b6, b7],
@@ -712,7 +682,7 @@ mod tests {
 
         let mut bufs = plain.clone();
         let [b0, b1, ..] = &mut bufs;
-        cbc_encrypt_x2(
+        cbc_encrypt_n(
             [&keys[2], &keys[0]],
             [&ivs[2], &ivs[0]],
             [b0.as_mut_slice(), b1],
@@ -771,7 +741,7 @@ mod tests {
         // Panics on the length check, before (and regardless of) the CPU check.
         let k = [0u8; 16];
         let (mut a, mut b, mut c, mut d) = ([0u8; 32], [0u8; 32], [0u8; 16], [0u8; 32]);
-        cbc_encrypt_x4([&k; 4], [&k; 4], [&mut a, &mut b, &mut c, &mut d]);
+        cbc_encrypt_n([&k; 4], [&k; 4], [&mut a, &mut b, &mut c, &mut d]);
     }
 
     #[test]
@@ -779,14 +749,14 @@ mod tests {
     fn cbc_x4_rejects_partial_blocks() {
         let k = [0u8; 16];
         let (mut a, mut b, mut c, mut d) = ([0u8; 20], [0u8; 20], [0u8; 20], [0u8; 20]);
-        cbc_encrypt_x4([&k; 4], [&k; 4], [&mut a, &mut b, &mut c, &mut d]);
+        cbc_encrypt_n([&k; 4], [&k; 4], [&mut a, &mut b, &mut c, &mut d]);
     }
 
     #[test]
     #[should_panic(expected = "unequal length")]
-    fn hmac_x2_rejects_unequal_lengths() {
+    fn hmac_n_rejects_unequal_lengths() {
         let k = HmacKey::new(b"k");
-        let _ = hmac_x2([&k, &k], [b"abc", b"abcd"]);
+        let _ = hmac_n([&k, &k], [b"abc", b"abcd"]);
     }
 
     /// Runs the x2, x4 and single HMAC kernels on `len`-byte messages with distinct random
@@ -797,15 +767,15 @@ mod tests {
         let msgs: [Vec<u8>; 4] = core::array::from_fn(|_| g.vec(len));
         let want: [[u8; 32]; 4] = core::array::from_fn(|i| ref_hmac(&raw[i], &msgs[i]));
 
-        let got = hmac_x2([&keys[0], &keys[1]], [&msgs[0], &msgs[1]]);
+        let got = hmac_n([&keys[0], &keys[1]], [&msgs[0], &msgs[1]]);
         assert_eq!(got, [want[0], want[1]], "x2, len {len}, key {key_len}");
-        let got = hmac_x2([&keys[3], &keys[2]], [&msgs[3], &msgs[2]]);
+        let got = hmac_n([&keys[3], &keys[2]], [&msgs[3], &msgs[2]]);
         assert_eq!(
             got,
             [want[3], want[2]],
             "x2 swapped, len {len}, key {key_len}"
         );
-        let got = hmac_x4(keys.each_ref(), msgs.each_ref().map(|m| m.as_slice()));
+        let got = hmac_n(keys.each_ref(), msgs.each_ref().map(|m| m.as_slice()));
         assert_eq!(got, want, "x4, len {len}, key {key_len}");
         for i in 0..4 {
             assert_eq!(hmac(&keys[i], &msgs[i]), want[i], "single, len {len}");
@@ -849,7 +819,7 @@ mod tests {
         assert_eq!(tag, want);
         // The same through the interleaved kernel, next to another key.
         let other = HmacKey::new(b"not Jefe");
-        let [a, _] = hmac_x2([&key, &other], [b"what do ya want for nothing?"; 2]);
+        let [a, _] = hmac_n([&key, &other], [b"what do ya want for nothing?"; 2]);
         assert_eq!(a, want);
     }
 
