@@ -44,8 +44,8 @@ use mcrelay::core::{Config, RelayCore};
 use mcrelay::crypto::key::ServerKey;
 use mcrelay::crypto::rng::Rng;
 use mcrelay::driver::batch::{self, BATCH, RecvBatch};
-use mcrelay::driver::{NetConfig, Relay, TokenRange};
 use mcrelay::wire::Outer;
+use mcrelay::{NetConfig, Relay};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -585,17 +585,6 @@ impl Server {
                     let key = ServerKey::from_pkcs8_pem(&pem).unwrap();
                     let fp = *key.fingerprint();
                     let now = Instant::now();
-                    let unix = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap()
-                        .as_secs();
-                    let core = RelayCore::new(
-                        bench_config(clients),
-                        key,
-                        Rng::from_os().unwrap(),
-                        now,
-                        unix,
-                    );
                     let net = NetConfig {
                         group,
                         port,
@@ -604,15 +593,11 @@ impl Server {
                         max_control: 8,
                         control_token: None,
                     };
-                    let mut relay = Relay::new(
-                        core,
-                        net,
-                        poll.registry(),
-                        TokenRange { start: 10, len: 16 },
-                        None,
-                        now,
-                    )
-                    .unwrap();
+                    let mut relay = Relay::builder(key)
+                        .config(bench_config(clients))
+                        .net(net)
+                        .build(poll.registry(), Token(10), now)
+                        .unwrap();
                     tx.send((waker, Some(fp))).unwrap();
                     let mut events = Events::with_capacity(256);
                     while !stop2.load(Ordering::Relaxed) {
@@ -1571,7 +1556,8 @@ fn core_only(o: &Opts, messages: u32) {
         Rng::from_seed([7; 32]),
         start,
         unix,
-    );
+    )
+    .expect("valid config");
     let mut peers: Vec<Peer> = (0..o.clients)
         .map(|i| Peer {
             addr: SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16)),

@@ -1,31 +1,65 @@
 //! Embedding mcrelay in a host application's own mio loop.
 //!
 //! The host owns the `Poll`. It registers its own socket (here: a UDP echo service on
-//! 127.0.0.1) with its own token, hands the relay the `Registry` and a token range, and in
-//! each turn forwards the relay's events and asks it for its next deadline.
+//! 127.0.0.1) with its own token, hands the relay the `Registry` and its first token, and in
+//! each turn forwards the relay's readiness events, runs its timers and reads its events.
 //!
 //! Run: `cargo run --example embed -- [SECONDS]` (default 30), then chat with
-//! `mcrelay client --port 5017 --ttl 0` and try `echo hi | nc -u -w1 127.0.0.1 <echo port>`.
+//! `mcrelay client --port 5017 --ttl 0 --known-relays off` and try
+//! `echo hi | nc -u -w1 127.0.0.1 <echo port>`.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use mcrelay::core::{Config, RelayCore};
-use mcrelay::crypto::key::ServerKey;
-use mcrelay::crypto::rng::Rng;
-use mcrelay::driver::{NetConfig, Relay, TokenRange};
-use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mcrelay::mio::net::UdpSocket;
+use mcrelay::mio::{Events, Interest, Poll, Token};
+use mcrelay::{NetConfig, Relay, RelayEvent, ServerKey};
 
-/// The host's own token; the relay gets `[RELAY_FIRST, RELAY_FIRST + 11)`.
+/// The host's own token; the relay takes `Relay::tokens_needed(&net)` tokens from here on.
 const ECHO: Token = Token(1);
-const RELAY_FIRST: usize = 100;
+const RELAY_FIRST: Token = Token(100);
 
 /// What the host loop reports when it ends.
+#[derive(Debug, Default)]
 pub struct HostReport {
     pub echoed: u64,
+    pub joined: u64,
+    pub relayed_messages: u64,
     pub relayed_deliveries: u64,
+}
+
+impl HostReport {
+    /// React to what the relay did (a real host might update a UI or its own metrics).
+    fn on_relay_event(&mut self, ev: RelayEvent) {
+        match ev {
+            RelayEvent::Joined { id, addr, .. } => {
+                self.joined += 1;
+                println!("host: client {id} joined from {addr}");
+            }
+            RelayEvent::Relayed {
+                messages,
+                deliveries,
+            } => {
+                self.relayed_messages += messages;
+                self.relayed_deliveries += deliveries;
+            }
+            other => println!("host: {other:?}"),
+        }
+    }
+}
+
+fn echo_all(echo: &UdpSocket, buf: &mut [u8], report: &mut HostReport) -> io::Result<()> {
+    loop {
+        match echo.recv_from(buf) {
+            Ok((n, from)) => {
+                let _ = echo.send_to(&buf[..n], from);
+                report.echoed += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Run the host: an echo socket and the relay in one Poll, until `stop()` says so.
@@ -40,36 +74,23 @@ pub fn run_host(
     let mut echo = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     poll.registry()
         .register(&mut echo, ECHO, Interest::READABLE)?;
-
-    let now = Instant::now();
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let rng = Rng::from_os().map_err(|e| io::Error::other(e.to_string()))?;
-    let core = RelayCore::new(Config::default(), key, rng, now, unix);
-    let tokens = TokenRange {
-        start: RELAY_FIRST,
-        len: 3 + net.max_control,
-    };
-    let mut relay = Relay::new(core, net, poll.registry(), tokens, None, now)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut relay = Relay::builder(key)
+        .net(net)
+        .build(poll.registry(), RELAY_FIRST, Instant::now())
+        .map_err(io::Error::other)?;
     ready(echo.local_addr()?, relay.control_addr());
 
+    let mut report = HostReport::default();
     let mut events = Events::with_capacity(128);
     let mut buf = [0u8; 2048];
-    let mut echoed = 0;
     while !stop() && !relay.stop_requested() {
-        // Sleep until our own next deadline or the relay's, whichever is first (here the
-        // host has none but a 100 ms check of `stop`).
+        // Sleep until the relay's next deadline or our own (a 100 ms check of `stop`).
         let host_deadline = Instant::now() + Duration::from_millis(100);
         let deadline = relay
             .poll_timeout()
             .map_or(host_deadline, |t| t.min(host_deadline));
-        match poll.poll(
-            &mut events,
-            Some(deadline.saturating_duration_since(Instant::now())),
-        ) {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue, // mio 1.x: carry on
             Err(e) => return Err(e),
@@ -79,25 +100,19 @@ pub fn run_host(
             if relay.owns(ev.token()) {
                 relay.handle_event(poll.registry(), ev, now);
             } else if ev.token() == ECHO {
-                loop {
-                    match echo.recv_from(&mut buf) {
-                        Ok((n, from)) => {
-                            let _ = echo.send_to(&buf[..n], from);
-                            echoed += 1;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e),
-                    }
-                }
+                echo_all(&echo, &mut buf, &mut report)?;
             }
         }
         relay.handle_timeout(poll.registry(), Instant::now());
+        while let Some(ev) = relay.poll_event() {
+            report.on_relay_event(ev);
+        }
     }
     relay.shutdown(poll.registry(), Instant::now());
-    Ok(HostReport {
-        echoed,
-        relayed_deliveries: relay.core().stats().deliveries,
-    })
+    while let Some(ev) = relay.poll_event() {
+        report.on_relay_event(ev);
+    }
+    Ok(report)
 }
 
 #[allow(dead_code)]
@@ -106,7 +121,7 @@ fn main() -> io::Result<()> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let key = ServerKey::generate(2048).map_err(|e| io::Error::other(e.to_string()))?;
+    let key = ServerKey::generate(2048).map_err(io::Error::other)?;
     println!("relay key fingerprint {}", key.fingerprint_hex());
     let net = NetConfig {
         port: 5017,
@@ -122,9 +137,6 @@ fn main() -> io::Result<()> {
         },
         || Instant::now() >= end,
     )?;
-    println!(
-        "echoed {} datagrams; relayed {} deliveries",
-        report.echoed, report.relayed_deliveries
-    );
+    println!("{report:?}");
     Ok(())
 }

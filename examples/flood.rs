@@ -10,14 +10,13 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mcrelay::client::{Client, ClientConfig, Event};
-use mcrelay::core::{Config, RelayCore};
 use mcrelay::crypto::key::ServerKey;
 use mcrelay::crypto::rng::Rng;
-use mcrelay::driver::{NetConfig, Relay, TokenRange};
 use mcrelay::wire::Outer;
+use mcrelay::{NetConfig, Relay};
 use mio::{Events, Poll, Token, Waker};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -61,22 +60,11 @@ fn main() {
     let relay_thread = std::thread::spawn(move || {
         let mut poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        let now = Instant::now();
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
         let key = ServerKey::generate(2048).unwrap();
-        let core = RelayCore::new(Config::default(), key, Rng::from_os().unwrap(), now, unix);
-        let mut relay = Relay::new(
-            core,
-            net,
-            poll.registry(),
-            TokenRange { start: 10, len: 11 },
-            None,
-            now,
-        )
-        .unwrap();
+        let mut relay = Relay::builder(key)
+            .net(net)
+            .build(poll.registry(), Token(10), Instant::now())
+            .unwrap();
         let stats = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
         tx.send((waker, stats.clone())).unwrap();
         let mut events = Events::with_capacity(256);
@@ -97,8 +85,9 @@ fn main() {
             }
             relay.handle_timeout(poll.registry(), Instant::now());
             let s = relay.core().stats();
-            use mcrelay::core::Drop;
-            let budget = s.drops(Drop::HandshakeBudget) + s.drops(Drop::HandshakeQueueFull);
+            use mcrelay::DropReason;
+            let budget =
+                s.drops(DropReason::HandshakeBudget) + s.drops(DropReason::HandshakeQueueFull);
             *stats.lock().unwrap() = (s.deliveries, s.handshakes_ok + s.handshakes_failed, budget);
         }
         relay.shutdown(poll.registry(), Instant::now());

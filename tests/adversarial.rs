@@ -18,9 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use mcrelay::client::{Client, ClientSession, Event, client_socket};
 use mcrelay::core::Config;
-use mcrelay::core::reassembly::Limits;
 use mcrelay::crypto::fernet::{self, FernetKey};
 use mcrelay::crypto::rng::Rng;
+use mcrelay::proto::reassembly::Limits;
 use mcrelay::wire::{self, Body, COOKIE_LEN, FRAGMENT_CHUNK, Outer, outer};
 
 // ------------------------------------------------------------------ helpers

@@ -147,7 +147,8 @@ fn relaying_allocates_nothing_per_message() {
         .unwrap()
         .as_secs();
     let key = ServerKey::generate(2048).expect("keygen");
-    let mut core = RelayCore::new(Config::default(), key, Rng::from_seed([7; 32]), start, unix);
+    let mut core = RelayCore::new(Config::default(), key, Rng::from_seed([7; 32]), start, unix)
+        .expect("valid config");
     // Seven clients: each message goes to six, one batch of four (`fernet::finish_raw_x4`)
     // and two sealed one by one.
     let mut peers: Vec<Peer> = (1..=7u8)

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mcrelay::client::{ClientSession, Event};
-use mcrelay::core::{Config, Drop, RelayCore};
 use mcrelay::crypto::rng::Rng;
+use mcrelay::{Config, DropReason, RelayCore};
 
 struct SimClient {
     addr: SocketAddr,
@@ -41,7 +41,8 @@ impl Sim {
             Rng::from_seed([seed; 32]),
             now,
             unix,
-        );
+        )
+        .expect("valid config");
         Sim {
             core,
             now,
@@ -188,7 +189,7 @@ fn replayed_datagrams_are_relayed_once_and_do_not_refresh_liveness() {
         .filter(|e| matches!(e, Event::Message { .. }))
         .collect();
     assert_eq!(got.len(), 1);
-    assert_eq!(sim.core.stats().drops(Drop::Replay), 5);
+    assert_eq!(sim.core.stats().drops(DropReason::Replay), 5);
     // Replaying `a`'s keep-alive every 10 s does not keep it alive.
     sim.clients[a].session.send_keepalive(sim.now);
     sim.pump();
@@ -227,7 +228,7 @@ fn incomplete_reassemblies_expire_after_five_seconds() {
     sim.advance(Duration::from_secs(6), &[0, 1]);
     assert_eq!(sim.core.reassemblies_in_flight(), 0);
     assert_eq!(sim.core.reassembly_bytes(), 0);
-    assert_eq!(sim.core.stats().drops(Drop::ReassemblyTimeout), 1);
+    assert_eq!(sim.core.stats().drops(DropReason::ReassemblyTimeout), 1);
     // The late last fragment starts a new reassembly that never completes: nothing relayed.
     assert_eq!(sim.core.stats().messages_in, 0);
 }
@@ -332,8 +333,8 @@ fn seeded_simulation_keeps_its_invariants() {
             }
         }
         assert!(sim.core.stats().deliveries > 0);
-        assert_eq!(sim.core.stats().drops(Drop::Replay), 0);
-        assert_eq!(sim.core.stats().drops(Drop::BadToken), 0);
+        assert_eq!(sim.core.stats().drops(DropReason::Replay), 0);
+        assert_eq!(sim.core.stats().drops(DropReason::BadToken), 0);
     }
 }
 
@@ -387,7 +388,7 @@ fn version_1_and_version_2_clients_share_a_relay() {
     let v1_len = sim.clients[v1].sent.last().unwrap().len();
     let v2_len = sim.clients[v2].sent.last().unwrap().len();
     assert_eq!((v1_len, v2_len), (4 + 248, 4 + 185));
-    assert_eq!(sim.core.stats().drops(Drop::BadToken), 0);
+    assert_eq!(sim.core.stats().drops(DropReason::BadToken), 0);
 }
 
 /// Fan-out seals version-2 recipients four at a time (`fernet::finish_raw_x4`) and the rest
@@ -443,6 +444,6 @@ fn batched_fan_out_reaches_every_recipient_exactly() {
             }
         }
     }
-    assert_eq!(sim.core.stats().drops(Drop::BadToken), 0);
+    assert_eq!(sim.core.stats().drops(DropReason::BadToken), 0);
     assert_eq!(sim.core.stats().total_drops(), 0);
 }

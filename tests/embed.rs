@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
+use mcrelay::NetConfig;
 use mcrelay::client::{Client, ClientConfig};
-use mcrelay::driver::NetConfig;
 
 #[test]
 fn relay_and_host_socket_share_one_poll() {
@@ -66,5 +66,8 @@ fn relay_and_host_socket_share_one_poll() {
     stop.store(true, Ordering::SeqCst);
     let report = host.join().unwrap().unwrap();
     assert_eq!(report.echoed, 20);
+    // The host learnt what the relay did from its events alone.
+    assert_eq!(report.joined, 2);
+    assert_eq!(report.relayed_messages, 20);
     assert_eq!(report.relayed_deliveries, 20);
 }

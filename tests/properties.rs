@@ -9,12 +9,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mcrelay::client::ClientSession;
-use mcrelay::control::{Command, parse};
-use mcrelay::core::reassembly::{FragmentError, Limits, Reassembler};
+use mcrelay::control::parse;
 use mcrelay::core::{Config, KickTarget, RelayCore};
 use mcrelay::crypto::fernet::{self, FernetKey};
 use mcrelay::crypto::key::ServerKey;
 use mcrelay::crypto::rng::Rng;
+use mcrelay::proto::reassembly::{FragmentError, Limits, Reassembler};
 use mcrelay::wire::{
     self, FRAGMENT_CHUNK, MAX_DATAGRAM, MAX_FRAGMENTS, Outer, parse_inner, put_fragment, put_tlv,
     write_inner,
@@ -395,7 +395,8 @@ proptest! {
         let now = Instant::now();
         let key = ServerKey::from_pkcs8_pem(key_pem()).expect("fuzz/relay_key.pem");
         let mut w = World {
-            core: RelayCore::new(cfg.clone(), key, Rng::from_seed([seed; 32]), now, unix0),
+            core: RelayCore::new(cfg.clone(), key, Rng::from_seed([seed; 32]), now, unix0)
+    .expect("valid config"),
             cfg,
             addrs: ADDRS.iter().map(|a| a.parse().unwrap()).collect(),
             clients: Vec::new(),
@@ -447,24 +448,6 @@ proptest! {
 
 // ---------------------------------------------------------------- control
 
-fn render(c: &Command) -> String {
-    match c {
-        Command::Help => "help".into(),
-        Command::Auth(t) => format!("auth {t}"),
-        Command::Stats => "stats".into(),
-        Command::Clients => "clients".into(),
-        Command::Kick(KickTarget::Id(id)) => format!("kick {id}"),
-        Command::Kick(KickTarget::Addr(a)) => format!("kick {a}"),
-        Command::Metrics => "metrics".into(),
-        Command::Config => "config".into(),
-        Command::Shutdown => "shutdown".into(),
-        Command::Quit => "quit".into(),
-        Command::Log(on) => format!("log {}", if *on { "on" } else { "off" }),
-        Command::LogLevel(l) => format!("log level {l}"),
-        Command::Ping => "ping".into(),
-    }
-}
-
 fn control_line() -> impl Strategy<Value = String> {
     let words = prop_oneof![
         Just("help"),
@@ -506,7 +489,7 @@ proptest! {
     fn control_parse_never_panics_and_rerenders(line in control_line()) {
         match parse(&line) {
             Ok(cmd) => {
-                let text = render(&cmd);
+                let text = cmd.to_string();
                 prop_assert_eq!(parse(&text), Ok(cmd));
             }
             Err(e) => prop_assert!(!e.is_empty() && !e.contains('\n')),
@@ -533,7 +516,8 @@ fn shutdown_frees_reassemblies() {
     let cfg = Config::default();
     let key = ServerKey::from_pkcs8_pem(key_pem()).unwrap();
     let mut w = World {
-        core: RelayCore::new(cfg.clone(), key, Rng::from_seed([1; 32]), now, unix0),
+        core: RelayCore::new(cfg.clone(), key, Rng::from_seed([1; 32]), now, unix0)
+            .expect("valid config"),
         cfg,
         addrs: ADDRS.iter().map(|a| a.parse().unwrap()).collect(),
         clients: Vec::new(),

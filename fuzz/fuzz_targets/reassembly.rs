@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcrelay::core::reassembly::{FragmentError, Limits, Reassembler};
+use mcrelay::proto::reassembly::{FragmentError, Limits, Reassembler};
 use mcrelay::wire::{FRAGMENT_CHUNK, MAX_FRAGMENTS};
 
 const C: usize = FRAGMENT_CHUNK;

@@ -6,6 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mcrelay::DropReason;
 use mcrelay::crypto::fernet::{self, FernetKey};
 use mcrelay::wire::{MAX_DATAGRAM, Outer, TlvIter, parse_inner, write_inner};
 
@@ -31,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(e) => {
-            let _ = (e.reason(), e.to_string());
+            let _ = (DropReason::from_wire(&e).name(), e.to_string());
         }
     }
 
@@ -47,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(b, data, "inner encoding is not canonical");
         }
         Err(e) => {
-            let _ = (e.reason(), e.to_string());
+            let _ = (DropReason::from_wire(&e).name(), e.to_string());
         }
     }
 

@@ -1,10 +1,35 @@
-//! The relay core: no sockets, no clock reads, RNG injected (see DESIGN in docs/architecture.md).
-pub mod ratelimit;
-pub mod reassembly;
-pub mod relay;
-pub mod replay;
-pub mod stats;
-pub mod timer;
+//! The relay core: every decision, no sockets, no clock reads, RNG injected
+//! (docs/architecture.md).
+//!
+//! Each responsibility is its own type with its own state, in its own file: `handshake`
+//! (cookies, budget, pending RSA work), `session` (the table and liveness), `distribution`
+//! (how a message reaches the others), `outbox` (datagrams waiting for the socket), `events`
+//! (what the host is told), [`stats`] (the one table of names), `timer` (the wheel),
+//! `ratelimit` (token buckets). [`RelayCore`] routes inputs between them.
 
-pub use relay::{ClientInfo, Config, KickTarget, RelayCore};
-pub use stats::{Drop, Stats};
+mod distribution;
+mod events;
+mod handshake;
+mod outbox;
+pub(crate) mod ratelimit;
+mod relay;
+mod session;
+pub mod stats;
+pub(crate) mod timer;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub use crate::config::{Config, ConfigError, MAX_ADMISSION_TOKEN, valid_name, valid_token};
+pub use events::RelayEvent;
+pub use relay::{GAUGES, KickTarget, RelayCore};
+pub use session::ClientInfo;
+pub use stats::{DropReason, Metric, MetricKind, Stats};
+
+/// Where a datagram came from, when, and how long it was: what every input check needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Input {
+    pub(crate) now: Instant,
+    pub(crate) from: SocketAddr,
+    pub(crate) len: usize,
+}

@@ -22,11 +22,11 @@ use std::time::Instant;
 const UNITS_PER_TOKEN: u64 = 1_000_000_000;
 
 /// Number of per-source buckets in a [`HandshakeBudget`] (power of two).
-pub const PER_SOURCE_SLOTS: usize = 1024;
+pub(crate) const PER_SOURCE_SLOTS: usize = 1024;
 
 /// A token bucket with `rate_per_sec` refill and `burst` capacity.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate_per_sec: u32,
     burst: u32,
     /// Current fill, in units (`<= burst * UNITS_PER_TOKEN`).
@@ -38,7 +38,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket. `burst == 0` never grants anything; `rate_per_sec == 0`
     /// grants the initial burst only.
-    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
         let mut b = Self {
             rate_per_sec,
             burst,
@@ -50,23 +50,26 @@ impl TokenBucket {
     }
 
     /// Refill rate in tokens per second.
-    pub fn rate_per_sec(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn rate_per_sec(&self) -> u32 {
         self.rate_per_sec
     }
 
     /// Capacity in tokens.
-    pub fn burst(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn burst(&self) -> u32 {
         self.burst
     }
 
     /// Whole tokens available at `now` (refills as a side effect).
-    pub fn available(&mut self, now: Instant) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn available(&mut self, now: Instant) -> u32 {
         self.refill(now);
         u32::try_from(self.units / UNITS_PER_TOKEN).unwrap_or(u32::MAX)
     }
 
     /// Takes one token if available at `now`.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.take_refilled()
     }
@@ -109,21 +112,11 @@ impl TokenBucket {
 
 /// Why a handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BudgetError {
+pub(crate) enum BudgetError {
     /// The relay-wide budget is exhausted.
     Global,
     /// This source (or one sharing its bucket) exceeded its rate.
     PerSource,
-}
-
-impl BudgetError {
-    /// Stable snake_case counter name.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            BudgetError::Global => "handshake_budget_global",
-            BudgetError::PerSource => "handshake_budget_per_source",
-        }
-    }
 }
 
 impl fmt::Display for BudgetError {
@@ -139,7 +132,7 @@ impl std::error::Error for BudgetError {}
 
 /// Global + per-source handshake budget; see the module documentation.
 #[derive(Debug, Clone)]
-pub struct HandshakeBudget {
+pub(crate) struct HandshakeBudget {
     global: TokenBucket,
     sources: Box<[TokenBucket]>,
     hash_key: u64,
@@ -149,7 +142,12 @@ impl HandshakeBudget {
     /// Buckets refill at the given rates with a burst of one second's worth
     /// (at least 1), and start full. `hash_key` should be random per process
     /// (it keys the source → bucket mapping).
-    pub fn new(global_per_sec: u32, per_source_per_sec: u32, now: Instant, hash_key: u64) -> Self {
+    pub(crate) fn new(
+        global_per_sec: u32,
+        per_source_per_sec: u32,
+        now: Instant,
+        hash_key: u64,
+    ) -> Self {
         let source = TokenBucket::new(per_source_per_sec, per_source_per_sec.max(1), now);
         Self {
             global: TokenBucket::new(global_per_sec, global_per_sec.max(1), now),
@@ -163,7 +161,7 @@ impl HandshakeBudget {
     /// flooding source can take at most its own rate out of the global
     /// budget. If the global bucket refuses, the source's token is **not**
     /// consumed (a well-behaved source is not penalized for others' load).
-    pub fn try_spend(&mut self, ip: IpAddr, now: Instant) -> Result<(), BudgetError> {
+    pub(crate) fn try_spend(&mut self, ip: IpAddr, now: Instant) -> Result<(), BudgetError> {
         let slot = self.slot(ip);
         let Some(src) = self.sources.get_mut(slot) else {
             return Err(BudgetError::PerSource); // unreachable: slot is masked
@@ -432,12 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn reasons_and_display() {
-        assert_eq!(BudgetError::Global.reason(), "handshake_budget_global");
-        assert_eq!(
-            BudgetError::PerSource.reason(),
-            "handshake_budget_per_source"
-        );
+    fn display() {
         assert_ne!(
             BudgetError::Global.to_string(),
             BudgetError::PerSource.to_string()

@@ -1,23 +1,110 @@
-//! Counters: everything the relay did, and every datagram it dropped, by reason.
+//! The one table of counter and drop-reason names.
+//!
+//! Every counter the relay keeps and every reason it drops an input for is defined here, once,
+//! with its name and a one-line help text. `stats` and `metrics` on the control port, the
+//! drop log lines and the tables in docs/ (checked by a test) all read these tables, so a
+//! name cannot be spelled two ways.
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+use crate::proto::reassembly::FragmentError;
 use crate::wire::WireError;
 
-macro_rules! drops {
-    ($( $variant:ident => $name:literal, $help:literal; )*) => {
-        /// Why an input was dropped. Each reason is a counter (`stats`, `metrics`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Drop { $( $variant, )* }
-        impl Drop {
-            pub const ALL: &'static [Drop] = &[ $( Drop::$variant, )* ];
-            /// Counter name (snake_case).
-            pub fn name(self) -> &'static str { match self { $( Drop::$variant => $name, )* } }
-            /// One-line explanation.
-            pub fn help(self) -> &'static str { match self { $( Drop::$variant => $help, )* } }
+/// Whether a figure only grows (a Prometheus `counter`) or goes up and down (a `gauge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only grows; exposed with a `_total` suffix.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// A named figure: the `stats` line name, its `metrics` kind and help text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// snake_case name (`stats` prints it as is; `metrics` as `mcrelay_<name>[_total]`).
+    pub name: &'static str,
+    /// One line for `# HELP`.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+}
+
+impl Metric {
+    /// The Prometheus family name: `mcrelay_<name>`, plus `_total` for counters.
+    pub fn prometheus_name(&self) -> String {
+        match self.kind {
+            MetricKind::Counter => format!("mcrelay_{}_total", self.name),
+            MetricKind::Gauge => format!("mcrelay_{}", self.name),
+        }
+    }
+}
+
+macro_rules! counters {
+    ($( $field:ident, $kind:ident, $help:literal; )*) => {
+        /// Everything the relay counted. Plain integers: one owner, no atomics.
+        #[derive(Debug, Clone, Default)]
+        pub struct Stats {
+            $( #[doc = $help] pub $field: u64, )*
+            drops: [u64; DropReason::ALL.len()],
+        }
+
+        impl Stats {
+            /// The counters' names, kinds and help texts, in `stats` order.
+            pub const COUNTERS: &'static [Metric] = &[
+                $( Metric { name: stringify!($field), help: $help, kind: MetricKind::$kind }, )*
+            ];
+
+            /// Every counter with its value, in [`Stats::COUNTERS`] order.
+            pub fn counters(&self) -> impl Iterator<Item = (&'static Metric, u64)> + '_ {
+                Self::COUNTERS.iter().zip([$( self.$field, )*])
+            }
         }
     };
 }
 
-drops! {
+counters! {
+    datagrams_in, Counter, "Datagrams received on the multicast group.";
+    bytes_in, Counter, "Bytes received on the multicast group.";
+    datagrams_out, Counter, "Datagrams sent.";
+    bytes_out, Counter, "Bytes sent.";
+    messages_in, Counter, "Client messages accepted for relaying.";
+    deliveries, Counter, "Message copies sent to recipients (a message to N-1 peers counts N-1).";
+    handshakes_ok, Counter, "Registrations completed (WELCOME sent).";
+    handshakes_failed, Counter, "Registrations refused after their cookie was checked.";
+    cookies_sent, Counter, "COOKIE answers sent to HELLOs.";
+    keepalives, Counter, "Keep-alives answered.";
+    fragments_in, Counter, "Fragments received from clients.";
+    fragments_out, Counter, "Fragments sent.";
+    reassembled, Counter, "Fragmented messages reassembled whole.";
+    joins, Counter, "Sessions started.";
+    leaves, Counter, "Sessions ended, for any reason.";
+    timeouts, Counter, "Sessions ended because the client fell silent.";
+    kicks, Counter, "Sessions ended by an operator.";
+    peak_clients, Gauge, "Most clients registered at once since start.";
+}
+
+macro_rules! drop_reasons {
+    ($( $variant:ident => $name:literal, $help:literal; )*) => {
+        /// Why an input was dropped. Each reason is a counter (`stats` `drop.<name>`,
+        /// `metrics` `mcrelay_drops_total{reason="<name>"}`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum DropReason { $( #[doc = $help] $variant, )* }
+
+        impl DropReason {
+            /// Every reason, in `stats` order.
+            pub const ALL: &'static [DropReason] = &[ $( DropReason::$variant, )* ];
+            /// (name, help) of every reason, in the same order.
+            const TABLE: &'static [(&'static str, &'static str)] = &[ $( ($name, $help), )* ];
+        }
+    };
+}
+
+drop_reasons! {
     Oversized => "oversized", "datagram larger than 1200 bytes";
     Truncated => "malformed_truncated", "TLV header or value truncated";
     UnknownType => "malformed_unknown_type", "unknown TLV type";
@@ -49,80 +136,122 @@ drops! {
     SendFailed => "send_failed", "the kernel refused an outgoing datagram";
 }
 
-impl Drop {
-    pub fn from_wire(e: &WireError) -> Drop {
+impl DropReason {
+    /// Counter name (snake_case).
+    pub fn name(self) -> &'static str {
+        Self::TABLE[self as usize].0
+    }
+
+    /// One-line explanation.
+    pub fn help(self) -> &'static str {
+        Self::TABLE[self as usize].1
+    }
+
+    /// The reason a rejected fragment is counted under.
+    pub fn from_fragment(e: &FragmentError) -> DropReason {
         match e {
-            WireError::TruncatedHeader | WireError::TruncatedValue { .. } => Drop::Truncated,
-            WireError::UnknownType(_) => Drop::UnknownType,
-            WireError::BadValue { .. } => Drop::BadValue,
-            WireError::TrailingData => Drop::TrailingData,
-            WireError::BadSequence => Drop::BadSequence,
-            WireError::Empty => Drop::Empty,
+            FragmentError::Duplicate => DropReason::FragmentDuplicate,
+            FragmentError::OwnerLimit | FragmentError::GlobalLimit => DropReason::FragmentLimit,
+            FragmentError::BadCount
+            | FragmentError::IndexOutOfRange
+            | FragmentError::BadChunkLength
+            | FragmentError::Inconsistent => DropReason::FragmentInvalid,
+        }
+    }
+
+    /// The reason a wire-format error is counted under.
+    pub fn from_wire(e: &WireError) -> DropReason {
+        match e {
+            WireError::TruncatedHeader | WireError::TruncatedValue { .. } => DropReason::Truncated,
+            WireError::UnknownType(_) => DropReason::UnknownType,
+            WireError::BadValue { .. } => DropReason::BadValue,
+            WireError::TrailingData => DropReason::TrailingData,
+            WireError::BadSequence => DropReason::BadSequence,
+            WireError::Empty => DropReason::Empty,
         }
     }
 }
 
-/// All counters. Plain integers: one owner, no atomics.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    pub datagrams_in: u64,
-    pub bytes_in: u64,
-    pub datagrams_out: u64,
-    pub bytes_out: u64,
-    /// Client messages accepted for relaying.
-    pub messages_in: u64,
-    /// Per-recipient copies sent (a message to N-1 peers counts N-1).
-    pub deliveries: u64,
-    pub handshakes_ok: u64,
-    pub handshakes_failed: u64,
-    pub cookies_sent: u64,
-    pub keepalives: u64,
-    pub fragments_in: u64,
-    pub fragments_out: u64,
-    pub reassembled: u64,
-    pub joins: u64,
-    pub leaves: u64,
-    pub timeouts: u64,
-    pub kicks: u64,
-    pub peak_clients: u64,
-    drops: [u64; Drop::ALL.len()],
-}
-
 impl Stats {
-    pub fn drop(&mut self, d: Drop) {
-        self.drops[d as usize] += 1;
+    /// Count one dropped input.
+    pub fn count_drop(&mut self, d: DropReason) {
+        self.count_drops(d, 1);
     }
-    pub fn drop_n(&mut self, d: Drop, n: u64) {
+    /// Count `n` dropped inputs.
+    pub fn count_drops(&mut self, d: DropReason, n: u64) {
         self.drops[d as usize] += n;
     }
-    pub fn drops(&self, d: Drop) -> u64 {
+    /// How many inputs were dropped for `d`.
+    pub fn drops(&self, d: DropReason) -> u64 {
         self.drops[d as usize]
     }
+    /// Dropped inputs, all reasons.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }
-    /// (name, value) for every plain counter, in a stable order.
-    pub fn counters(&self) -> [(&'static str, u64); 18] {
-        [
-            ("datagrams_in", self.datagrams_in),
-            ("bytes_in", self.bytes_in),
-            ("datagrams_out", self.datagrams_out),
-            ("bytes_out", self.bytes_out),
-            ("messages_in", self.messages_in),
-            ("deliveries", self.deliveries),
-            ("handshakes_ok", self.handshakes_ok),
-            ("handshakes_failed", self.handshakes_failed),
-            ("cookies_sent", self.cookies_sent),
-            ("keepalives", self.keepalives),
-            ("fragments_in", self.fragments_in),
-            ("fragments_out", self.fragments_out),
-            ("reassembled", self.reassembled),
-            ("joins", self.joins),
-            ("leaves", self.leaves),
-            ("timeouts", self.timeouts),
-            ("kicks", self.kicks),
-            ("peak_clients", self.peak_clients),
-        ]
+}
+
+/// The counters plus the rate-limited drop log: what every part of the core reports to.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    pub(crate) stats: Stats,
+    log: DropLog,
+}
+
+impl Telemetry {
+    pub(crate) fn new(now: Instant) -> Self {
+        Telemetry {
+            stats: Stats::default(),
+            log: DropLog {
+                window: now,
+                lines: 0,
+                suppressed: 0,
+            },
+        }
+    }
+
+    /// Count an input from `from` dropped for `d`, and log it (rate-limited).
+    pub(crate) fn dropped(&mut self, now: Instant, from: SocketAddr, d: DropReason) {
+        self.stats.count_drop(d);
+        if self.log.allow(now) {
+            warn!("dropped datagram from {from}: {} ({})", d.name(), d.help());
+        } else {
+            debug!("dropped datagram from {from}: {}", d.name());
+        }
+    }
+}
+
+/// Rate-limited warnings for drops: at most `PER_SEC` lines a second, then a summary; the
+/// rest go to the debug level.
+#[derive(Debug)]
+struct DropLog {
+    window: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl DropLog {
+    const PER_SEC: u32 = 10;
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                warn!(
+                    "{} more dropped datagrams not logged (see `stats`)",
+                    self.suppressed
+                );
+            }
+            self.window = now;
+            self.lines = 0;
+            self.suppressed = 0;
+        }
+        if self.lines < Self::PER_SEC {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
     }
 }
 
@@ -130,21 +259,61 @@ impl Stats {
 mod tests {
     use super::*;
 
+    fn snake(n: &str) -> bool {
+        !n.is_empty() && n.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    }
+
     #[test]
-    fn drop_names_are_unique_snake_case() {
-        let mut names: Vec<_> = Drop::ALL.iter().map(|d| d.name()).collect();
-        assert!(
-            names
-                .iter()
-                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        );
+    fn names_are_unique_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|d| d.name()).collect();
+        names.extend(Stats::COUNTERS.iter().map(|m| m.name));
+        assert!(names.iter().all(|n| snake(n)), "{names:?}");
+        let n = names.len();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), Drop::ALL.len());
+        assert_eq!(names.len(), n);
+    }
+
+    #[test]
+    fn drops_are_counted_per_reason() {
         let mut s = Stats::default();
-        s.drop(Drop::Replay);
-        s.drop(Drop::Replay);
-        assert_eq!(s.drops(Drop::Replay), 2);
-        assert_eq!(s.total_drops(), 2);
+        s.count_drop(DropReason::Replay);
+        s.count_drops(DropReason::Replay, 2);
+        s.count_drop(DropReason::Oversized);
+        assert_eq!(s.drops(DropReason::Replay), 3);
+        assert_eq!(s.total_drops(), 4);
+    }
+
+    #[test]
+    fn counters_follow_the_table() {
+        let s = Stats {
+            deliveries: 7,
+            peak_clients: 3,
+            ..Stats::default()
+        };
+        let v: Vec<_> = s.counters().map(|(m, v)| (m.name, v)).collect();
+        assert_eq!(v.len(), Stats::COUNTERS.len());
+        assert!(v.contains(&("deliveries", 7)));
+        let peak = Stats::COUNTERS.iter().find(|m| m.name == "peak_clients");
+        assert_eq!(peak.map(|m| m.kind), Some(MetricKind::Gauge));
+        assert_eq!(
+            Stats::COUNTERS[0].prometheus_name(),
+            "mcrelay_datagrams_in_total"
+        );
+    }
+
+    #[test]
+    fn drop_log_is_rate_limited_but_counts_everything() {
+        let t0 = Instant::now();
+        let mut t = Telemetry::new(t0);
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..25 {
+            t.dropped(t0, from, DropReason::BadToken);
+        }
+        assert_eq!(t.stats.drops(DropReason::BadToken), 25);
+        assert_eq!(t.log.suppressed, 15);
+        t.dropped(t0 + Duration::from_secs(1), from, DropReason::BadToken);
+        assert_eq!(t.log.suppressed, 0);
+        assert_eq!(t.log.lines, 1);
     }
 }

@@ -53,11 +53,11 @@
 use std::time::{Duration, Instant};
 
 /// Largest number of slots accepted; larger requests are clamped.
-pub const MAX_SLOTS: usize = 1 << 20;
+pub(crate) const MAX_SLOTS: usize = 1 << 20;
 
 /// A hashed timer wheel; see the module documentation.
 #[derive(Debug)]
-pub struct TimerWheel<T> {
+pub(crate) struct TimerWheel<T> {
     start: Instant,
     /// Tick length in nanoseconds (>= 1).
     tick_ns: u128,
@@ -79,7 +79,7 @@ impl<T> TimerWheel<T> {
     /// `tick` is the granularity (a zero tick is treated as 1 ns); `slots` is
     /// the number of buckets, rounded up to a power of two and clamped to
     /// `1..=MAX_SLOTS`.
-    pub fn new(start: Instant, tick: Duration, slots: usize) -> Self {
+    pub(crate) fn new(start: Instant, tick: Duration, slots: usize) -> Self {
         let slots = slots
             .clamp(1, MAX_SLOTS)
             .checked_next_power_of_two()
@@ -99,17 +99,20 @@ impl<T> TimerWheel<T> {
     }
 
     /// Number of buckets (a power of two).
-    pub fn slots(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> usize {
         self.buckets.len()
     }
 
     /// Number of stored items (stale generations included).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// True when no item is stored.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
@@ -141,7 +144,7 @@ impl<T> TimerWheel<T> {
 
     /// Schedules `item` at `deadline`, rounded up to the next tick. Deadlines
     /// that are already past fire at the next [`expire`](Self::expire). O(1).
-    pub fn insert(&mut self, deadline: Instant, item: T) {
+    pub(crate) fn insert(&mut self, deadline: Instant, item: T) {
         let tick = self.deadline_tick(deadline);
         if tick < self.cursor {
             // Already processed tick: the item is due now.
@@ -164,7 +167,7 @@ impl<T> TimerWheel<T> {
     ///
     /// Cheap when nothing is due; when called very late it visits each bucket
     /// at most once. A `now` earlier than a previous call's is harmless.
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<T>) {
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<T>) {
         let mut fired = self.overdue.len();
         out.append(&mut self.overdue);
 
@@ -235,7 +238,7 @@ impl<T> TimerWheel<T> {
     ///
     /// `None` when empty (or, degenerately, when the instant is not
     /// representable).
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.tick_instant(self.min_tick?)
     }
 }

@@ -213,6 +213,7 @@ fn split_padding(input: &[u8]) -> Result<(&[u8], usize), Base64Error> {
 ///
 /// # Errors
 /// [`Base64Error::InvalidLength`] or [`Base64Error::InvalidPadding`].
+#[cfg(test)]
 pub fn decoded_len(input: &[u8]) -> Result<usize, Base64Error> {
     split_padding(input).map(|(_, n)| n)
 }

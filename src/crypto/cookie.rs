@@ -17,10 +17,13 @@ use crate::wire::COOKIE_LEN;
 /// Why a cookie was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CookieError {
+    /// Genuine but too old (or its secret is gone).
     Expired,
+    /// Forged, altered, or minted for another address.
     BadMac,
 }
 
+/// The cookie secrets (current and previous) and their schedule.
 pub struct CookieJar {
     secrets: [[u8; 32]; 2],
     /// Rotation epoch of `secrets[0]`; `secrets[1]` belongs to `epoch - 1`.
@@ -29,7 +32,14 @@ pub struct CookieJar {
     lifetime_ms: u64,
 }
 
+impl std::fmt::Debug for CookieJar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CookieJar {{ epoch: {}, .. }}", self.epoch)
+    }
+}
+
 impl CookieJar {
+    /// Two random secrets, rotated every `rotation_ms`; a cookie is valid `lifetime_ms`.
     pub fn new(first: [u8; 32], second: [u8; 32], rotation_ms: u64, lifetime_ms: u64) -> Self {
         CookieJar {
             secrets: [first, second],
@@ -55,6 +65,7 @@ impl CookieJar {
         true
     }
 
+    /// The rotation period.
     pub fn rotation_ms(&self) -> u64 {
         self.rotation_ms
     }

@@ -273,8 +273,8 @@ pub fn prepare_raw(iv: &[u8; 16], timestamp: u64, plaintext: &[u8], out: &mut Ve
 }
 
 /// Encrypts and signs, in place, a token laid out by [`prepare_raw`] (the whole token: its
-/// IV is read from the header). With AES-NI and SHA-NI ([`multi::available`]) through the
-/// single-stream kernels of [`multi`], otherwise the RustCrypto crates.
+/// IV is read from the header). With AES-NI and SHA-NI (`multi::available`) through the
+/// single-stream kernels of `crypto::multi`, otherwise the RustCrypto crates.
 pub fn finish_raw(key: &FernetKey, token: &mut [u8]) {
     let (signed, tag) = token.split_at_mut(token.len() - MAC_LEN);
     let iv = token_iv(signed);
@@ -303,8 +303,8 @@ fn finish_portable(key: &FernetKey, iv: &[u8; 16], signed: &mut [u8], tag: &mut 
 }
 
 /// [`finish_raw`] for four tokens of the same length under four keys. With AES-NI and SHA-NI
-/// the four CBC chains and the four HMACs run interleaved ([`multi::cbc_encrypt_n`],
-/// [`multi::hmac_n`]): each is a chain of dependent instructions, so one alone leaves most
+/// the four CBC chains and the four HMACs run interleaved (`multi::cbc_encrypt_n`,
+/// `multi::hmac_n`): each is a chain of dependent instructions, so one alone leaves most
 /// of the CPU's AES and SHA throughput unused.
 ///
 /// # Panics

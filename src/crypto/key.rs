@@ -13,12 +13,17 @@ use sha2::{Digest, Sha256};
 
 /// Why a key could not be generated, loaded or saved.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum KeyError {
+    /// Reading or writing the key file (its path) failed.
     Io(String, std::io::Error),
-    /// The key file is readable or writable by group or others.
+    /// The key file (its path) is readable or writable by group or others (its mode).
     Permissions(String, u32),
+    /// Not a PKCS#8 PEM RSA key.
     Parse(String),
+    /// Key generation failed.
     Generate(String),
+    /// The key size in bits is outside 2048..=4096 (or not a multiple of 8).
     BadSize(usize),
 }
 
@@ -40,7 +45,23 @@ impl fmt::Display for KeyError {
     }
 }
 
-impl std::error::Error for KeyError {}
+impl std::error::Error for KeyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            KeyError::Io(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Key sizes the relay accepts: 2048 to 4096 bits, a multiple of 8.
+pub fn check_bits(bits: usize) -> Result<(), KeyError> {
+    if (2048..=4096).contains(&bits) && bits.is_multiple_of(8) {
+        Ok(())
+    } else {
+        Err(KeyError::BadSize(bits))
+    }
+}
 
 /// The relay's key pair plus what the wire needs of it, computed once.
 pub struct ServerKey {
@@ -81,6 +102,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 impl ServerKey {
+    /// Wrap a private key (2048 to 4096 bits).
     pub fn from_private(private: PrivateKey) -> Result<Self, KeyError> {
         let public = private.to_public_key();
         let modulus_len = public.size();
@@ -101,14 +123,13 @@ impl ServerKey {
 
     /// A fresh key with e = 65537.
     pub fn generate(bits: usize) -> Result<Self, KeyError> {
-        if !(2048..=4096).contains(&bits) || !bits.is_multiple_of(8) {
-            return Err(KeyError::BadSize(bits));
-        }
+        check_bits(bits)?;
         let private = PrivateKey::new(&mut getrandom::SysRng, bits)
             .map_err(|e| KeyError::Generate(e.to_string()))?;
         Self::from_private(private)
     }
 
+    /// Parse a PKCS#8 PEM private key.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
         let private =
             PrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Parse(e.to_string()))?;
@@ -174,10 +195,12 @@ impl ServerKey {
         &self.pem
     }
 
+    /// SHA-256 of the DER SubjectPublicKeyInfo.
     pub fn fingerprint(&self) -> &[u8; 32] {
         &self.fingerprint
     }
 
+    /// The fingerprint as 64 lowercase hex digits.
     pub fn fingerprint_hex(&self) -> String {
         hex(&self.fingerprint)
     }

@@ -22,6 +22,12 @@ pub struct RecvBatch {
     n: usize,
 }
 
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecvBatch {{ n: {} }}", self.n)
+    }
+}
+
 impl Default for RecvBatch {
     fn default() -> Self {
         RecvBatch {
@@ -35,12 +41,6 @@ impl Default for RecvBatch {
 }
 
 impl RecvBatch {
-    pub fn len(&self) -> usize {
-        self.n
-    }
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
     /// Datagram `i`: its source, its bytes, and whether it was longer than [`SLOT`].
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8], bool)> {
         if i >= self.n {

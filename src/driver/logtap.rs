@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 /// One formatted log line and its level.
 #[derive(Debug, Clone)]
 pub struct LogLine {
+    /// Its level.
     pub level: log::Level,
+    /// `<timestamp> <LEVEL> <text>`.
     pub text: String,
 }
 
@@ -27,6 +29,12 @@ pub struct LogTap {
     cap: usize,
 }
 
+impl std::fmt::Debug for LogTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogTap {{ cap: {} }}", self.cap)
+    }
+}
+
 impl LogTap {
     /// A queue holding at most `cap` lines; beyond that new lines are dropped and counted.
     pub fn new(cap: usize) -> Self {
@@ -36,6 +44,7 @@ impl LogTap {
         }
     }
 
+    /// Queue a line (dropped and counted when the queue is full).
     pub fn push(&self, level: log::Level, text: String) {
         let Ok(mut q) = self.inner.lock() else { return };
         if q.lines.len() >= self.cap {

@@ -1,15 +1,24 @@
 //! The mio driver: moves bytes between sockets and the [`RelayCore`]. Embeddable: it uses the
-//! host's [`Registry`] and a range of tokens the host gives it, never the `Poll` itself.
+//! host's [`Registry`] and a range of tokens it reports, never the `Poll` itself.
+//!
+//! Build one with [`Relay::builder`]; drive it with [`Relay::handle_event`],
+//! [`Relay::poll_timeout`] / [`Relay::handle_timeout`], and read what happened with
+//! [`Relay::poll_event`] (docs/embedding.md).
 
-#[allow(unsafe_code)]
+// Batched socket I/O is internal; the `internals` feature exposes it to the benchmark's
+// plaintext baseline (examples/bench.rs), so that both sides run the same code. Not API.
+#[cfg(feature = "internals")]
+#[allow(unsafe_code, missing_docs)]
 pub mod batch;
+#[cfg(not(feature = "internals"))]
+#[allow(unsafe_code, unreachable_pub)]
+pub(crate) mod batch;
 mod control;
 pub mod logtap;
 
-use std::fmt::Write as _;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use mio::event::Event;
@@ -17,75 +26,112 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use self::control::{ControlServer, Request};
+use self::control::ControlServer;
 use self::logtap::{LogLine, LogTap};
-use crate::control::{Command, format_clients, format_help, format_metrics, format_stats};
-use crate::core::{Config, RelayCore};
+use crate::config::{Config, NetConfig};
+use crate::control::{Context, max_log_level};
+use crate::core::{ClientInfo, KickTarget, RelayCore, RelayEvent, Stats};
+use crate::crypto::key::ServerKey;
+use crate::crypto::rng::Rng;
+use crate::error::Error;
 
 /// Datagrams read per readiness event before other sources get a turn.
 const READ_BUDGET: usize = 256;
 /// RSA decryptions per loop turn; more wait for the next turn (relaying goes first).
 const REGISTRATIONS_PER_TURN: usize = 4;
 
-/// The tokens the relay may use: `[start, start + len)`. It needs `3 + max_control`.
-#[derive(Debug, Clone, Copy)]
+/// The tokens the relay uses: `[start, start + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenRange {
+    /// The first token.
     pub start: usize,
+    /// How many.
     pub len: usize,
 }
 
 impl TokenRange {
+    /// Is `t` inside the range (both bounds checked)?
     pub fn contains(&self, t: Token) -> bool {
         t.0 >= self.start && t.0 - self.start < self.len
     }
 }
 
-/// Sockets and control-port settings.
-#[derive(Debug, Clone)]
-pub struct NetConfig {
-    pub group: Ipv4Addr,
-    pub port: u16,
-    /// Interface (by address) on which the group is joined and replies leave.
-    pub iface: Ipv4Addr,
-    /// Control listener; `None` disables the control port.
-    pub control: Option<SocketAddr>,
-    pub max_control: usize,
-    /// `auth <token>` required when set.
-    pub control_token: Option<String>,
-}
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        NetConfig {
-            group: Ipv4Addr::new(239, 255, 77, 77),
-            port: 5007,
-            iface: Ipv4Addr::LOCALHOST,
-            control: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5008))),
-            max_control: 8,
-            control_token: None,
-        }
-    }
-}
-
-/// Why the relay could not start.
+/// Builds a [`Relay`]: settings, key, and what the host lends it.
 #[derive(Debug)]
-pub enum StartError {
-    Io(&'static str, io::Error),
-    Config(String),
+pub struct RelayBuilder {
+    key: ServerKey,
+    cfg: Config,
+    net: NetConfig,
+    rng: Option<Rng>,
+    log_tap: Option<LogTap>,
+    manage_log_level: bool,
 }
 
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Io(what, e) => write!(f, "{what}: {e}"),
-            StartError::Config(s) => f.write_str(s),
-        }
+impl RelayBuilder {
+    /// Core settings (default: [`Config::default`]).
+    pub fn config(mut self, cfg: Config) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Socket and control-port settings (default: [`NetConfig::default`]).
+    pub fn net(mut self, net: NetConfig) -> Self {
+        self.net = net;
+        self
+    }
+
+    /// The CSPRNG (default: seeded from the OS).
+    pub fn rng(mut self, rng: Rng) -> Self {
+        self.rng = Some(rng);
+        self
+    }
+
+    /// Give operators the live log: the host's logger pushes its lines into `tap`.
+    pub fn log_tap(mut self, tap: LogTap) -> Self {
+        self.log_tap = Some(tap);
+        self
+    }
+
+    /// Let the relay raise the process-wide `log` level while an operator streams a more
+    /// verbose level than the host's, and lower it back after (default: off; the relay then
+    /// never touches the global level, and operators see what the host's level lets through).
+    pub fn manage_log_level(mut self, on: bool) -> Self {
+        self.manage_log_level = on;
+        self
+    }
+
+    /// Validate the settings, open the sockets, join the group and register everything
+    /// with `registry`, on tokens `[first_token, first_token + Relay::tokens_needed(net))`.
+    pub fn build(
+        self,
+        registry: &Registry,
+        first_token: Token,
+        now: Instant,
+    ) -> Result<Relay, Error> {
+        self.net.validate()?;
+        let rng = match self.rng {
+            Some(r) => r,
+            None => Rng::from_os().map_err(|e| Error::Io {
+                what: "seed the CSPRNG from the OS",
+                source: io::Error::other(e.to_string()),
+            })?,
+        };
+        // The driver may read the wall clock (the core never does): Fernet timestamps.
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let core = RelayCore::new(self.cfg, self.key, rng, now, unix)?;
+        let tokens = TokenRange {
+            start: first_token.0,
+            len: Relay::tokens_needed(&self.net),
+        };
+        Relay::open(core, self.net, registry, tokens, self.log_tap, now)
+            .map(|r| r.with_log_level_managed(self.manage_log_level))
     }
 }
-
-impl std::error::Error for StartError {}
 
 /// The relay, driven by a host's mio loop.
+#[derive(Debug)]
 pub struct Relay {
     core: RelayCore,
     net: NetConfig,
@@ -95,80 +141,84 @@ pub struct Relay {
     tokens: TokenRange,
     log_tap: Option<LogTap>,
     log_lines: Vec<LogLine>,
-    requests: Vec<Request>,
     rx_batch: batch::RecvBatch,
+    /// Raise and lower the global log level for operators (opt-in).
+    manage_log_level: bool,
     /// The global log level before any operator raised it.
     base_log_level: log::LevelFilter,
-    started: Instant,
     /// The last read stopped at READ_BUDGET, not WouldBlock: read again before sleeping.
     read_more: bool,
     stop_requested: bool,
+    stop_reported: bool,
     stopped: bool,
 }
 
-fn multicast_socket(net: &NetConfig) -> Result<std::net::UdpSocket, StartError> {
-    let e = |what| move |err| StartError::Io(what, err);
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(e("socket"))?;
-    s.set_reuse_address(true).map_err(e("SO_REUSEADDR"))?;
-    s.set_nonblocking(true).map_err(e("O_NONBLOCK"))?;
+impl std::fmt::Debug for ControlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ControlServer({})", self.local_addr())
+    }
+}
+
+fn multicast_socket(net: &NetConfig) -> Result<std::net::UdpSocket, Error> {
+    let s =
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(Error::io("socket"))?;
+    s.set_reuse_address(true)
+        .map_err(Error::io("SO_REUSEADDR"))?;
+    s.set_nonblocking(true).map_err(Error::io("O_NONBLOCK"))?;
     let _ = s.set_recv_buffer_size(4 << 20);
     s.bind(&SocketAddrV4::new(net.group, net.port).into())
-        .map_err(e("bind to the multicast group"))?;
+        .map_err(Error::io("bind to the multicast group"))?;
     s.join_multicast_v4(&net.group, &net.iface)
-        .map_err(e("join the multicast group (IP_ADD_MEMBERSHIP)"))?;
+        .map_err(Error::io("join the multicast group (IP_ADD_MEMBERSHIP)"))?;
     Ok(s.into())
 }
 
-fn unicast_socket(net: &NetConfig) -> Result<std::net::UdpSocket, StartError> {
-    let e = |what| move |err| StartError::Io(what, err);
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(e("socket"))?;
-    s.set_nonblocking(true).map_err(e("O_NONBLOCK"))?;
+fn unicast_socket(net: &NetConfig) -> Result<std::net::UdpSocket, Error> {
+    let s =
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(Error::io("socket"))?;
+    s.set_nonblocking(true).map_err(Error::io("O_NONBLOCK"))?;
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&SocketAddrV4::new(net.iface, 0).into())
-        .map_err(e("bind the reply socket to the interface"))?;
+        .map_err(Error::io("bind the reply socket to the interface"))?;
     Ok(s.into())
 }
 
 impl Relay {
-    /// Open the sockets, join the group and register everything with `registry`.
-    pub fn new(
+    /// Start building a relay with RSA key `key`.
+    pub fn builder(key: ServerKey) -> RelayBuilder {
+        RelayBuilder {
+            key,
+            cfg: Config::default(),
+            net: NetConfig::default(),
+            rng: None,
+            log_tap: None,
+            manage_log_level: false,
+        }
+    }
+
+    /// How many tokens a relay with these settings uses: the group socket, the reply
+    /// socket, the control listener and one per control connection.
+    pub fn tokens_needed(net: &NetConfig) -> usize {
+        3 + net.max_control
+    }
+
+    fn open(
         core: RelayCore,
         net: NetConfig,
         registry: &Registry,
         tokens: TokenRange,
         log_tap: Option<LogTap>,
-        now: Instant,
-    ) -> Result<Relay, StartError> {
-        if !net.group.is_multicast() {
-            return Err(StartError::Config(format!(
-                "{} is not a multicast address",
-                net.group
-            )));
-        }
-        if tokens.len < 3 + net.max_control {
-            return Err(StartError::Config(format!(
-                "token range too small: need {} tokens",
-                3 + net.max_control
-            )));
-        }
-        if let Some(addr) = net.control
-            && !addr.ip().is_loopback()
-            && net.control_token.is_none()
-        {
-            return Err(StartError::Config(format!(
-                "refusing to open the control port on non-loopback {addr} without a token \
-                     (set --control-token-file or MCRELAY_CONTROL_TOKEN, or bind to 127.0.0.1)"
-            )));
-        }
+        _now: Instant,
+    ) -> Result<Relay, Error> {
         let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
         let mut ucast = UdpSocket::from_std(unicast_socket(&net)?);
         let t = |i: usize| Token(tokens.start + i);
         registry
             .register(&mut mcast, t(0), Interest::READABLE)
-            .map_err(|e| StartError::Io("register", e))?;
+            .map_err(Error::io("register"))?;
         registry
             .register(&mut ucast, t(1), Interest::WRITABLE)
-            .map_err(|e| StartError::Io("register", e))?;
+            .map_err(Error::io("register"))?;
         let control = match net.control {
             Some(addr) => Some(
                 ControlServer::new(
@@ -179,23 +229,19 @@ impl Relay {
                     net.max_control,
                     net.control_token.clone(),
                 )
-                .map_err(|e| StartError::Io("bind the control port", e))?,
+                .map_err(Error::io("bind the control port"))?,
             ),
             None => None,
         };
+        let reply_from = ucast.local_addr().map(|a| a.to_string());
+        let control_at = control.as_ref().map(|c| c.local_addr().to_string());
         info!(
             "relay listening on {}:{} (joined on {}), replies from {}, control {}",
             net.group,
             net.port,
             net.iface,
-            ucast
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            control
-                .as_ref()
-                .map(|c| c.local_addr.to_string())
-                .unwrap_or_else(|| "off".into())
+            reply_from.unwrap_or_default(),
+            control_at.unwrap_or_else(|| "off".into())
         );
         info!(
             "relay key fingerprint (SHA-256 of SPKI DER): {}",
@@ -210,23 +256,60 @@ impl Relay {
             tokens,
             log_tap,
             log_lines: Vec::new(),
-            requests: Vec::new(),
             rx_batch: batch::RecvBatch::default(),
+            manage_log_level: false,
             base_log_level: log::max_level(),
-            started: now,
             read_more: false,
             stop_requested: false,
+            stop_reported: false,
             stopped: false,
         })
     }
 
+    fn with_log_level_managed(mut self, on: bool) -> Self {
+        self.manage_log_level = on;
+        self
+    }
+
+    /// The core (stats, clients, config, key).
     pub fn core(&self) -> &RelayCore {
         &self.core
     }
 
+    /// Every counter.
+    pub fn stats(&self) -> &Stats {
+        self.core.stats()
+    }
+
+    /// Every registered client.
+    pub fn clients(&self) -> impl Iterator<Item = ClientInfo> + '_ {
+        self.core.clients()
+    }
+
+    /// Remove a client now, as the control port's `kick` does; returns its id.
+    pub fn kick(&mut self, now: Instant, target: KickTarget) -> Option<u32> {
+        let id = self.core.kick(now, target);
+        self.flush_transmits();
+        id
+    }
+
+    /// The next thing that happened ([`RelayEvent`]); drain until `None` when convenient.
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        if self.stop_requested && !self.stop_reported {
+            self.stop_reported = true;
+            return Some(RelayEvent::ShutdownRequested);
+        }
+        self.core.poll_event()
+    }
+
+    /// The tokens this relay uses.
+    pub fn tokens(&self) -> TokenRange {
+        self.tokens
+    }
+
     /// The control port's bound address (useful with port 0).
     pub fn control_addr(&self) -> Option<SocketAddr> {
-        self.control.as_ref().map(|c| c.local_addr)
+        self.control.as_ref().map(ControlServer::local_addr)
     }
 
     /// The address relay replies come from.
@@ -245,10 +328,12 @@ impl Relay {
         self.stop_requested
     }
 
+    /// Ask the host loop to stop (as an operator's `shutdown` does).
     pub fn request_stop(&mut self) {
         self.stop_requested = true;
     }
 
+    /// Has [`Relay::shutdown`] run?
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
@@ -277,8 +362,7 @@ impl Relay {
         if !self.owns(token) || self.stopped {
             return;
         }
-        let i = token.0 - self.tokens.start;
-        match i {
+        match token.0 - self.tokens.start {
             0 => self.read_datagrams(now),
             1 => {} // writable: flushed below
             2 => {
@@ -286,16 +370,31 @@ impl Relay {
                     c.accept(registry);
                 }
             }
-            _ => {
-                if let Some(c) = &mut self.control
-                    && let Some(key) = c.owns_conn(token)
-                    && (readable || !writable)
-                {
-                    c.read(key, &mut self.requests);
-                }
-            }
+            _ if readable || !writable => self.read_control(token, now),
+            _ => {}
         }
         self.after_io(registry, now);
+    }
+
+    fn read_control(&mut self, token: Token, now: Instant) {
+        let Some(c) = &mut self.control else { return };
+        let Some(key) = c.owns_conn(token) else {
+            return;
+        };
+        let local = c.local_addr();
+        let token_str = c.token().map(str::to_owned);
+        let mut cx = Context {
+            core: &mut self.core,
+            net: &self.net,
+            control_addr: Some(local),
+            token: token_str.as_deref(),
+            now,
+            shutdown_requested: false,
+        };
+        c.read(key, &mut cx);
+        if cx.shutdown_requested {
+            self.stop_requested = true;
+        }
     }
 
     fn read_datagrams(&mut self, now: Instant) {
@@ -328,150 +427,11 @@ impl Relay {
         self.read_more = true;
     }
 
-    /// Work that follows any input: RSA (bounded), commands, sends, logs.
+    /// Work that follows any input: RSA (bounded), sends, logs.
     fn after_io(&mut self, registry: &Registry, now: Instant) {
         self.core.process_registrations(now, REGISTRATIONS_PER_TURN);
-        let mut requests = std::mem::take(&mut self.requests);
-        for Request::Command(key, cmd) in requests.drain(..) {
-            self.run_command(now, key, cmd);
-        }
-        self.requests = requests;
         self.flush_transmits();
         self.flush_control(registry);
-    }
-
-    fn run_command(&mut self, now: Instant, key: usize, cmd: Command) {
-        let Some(ctl) = &mut self.control else { return };
-        if !ctl.accepts(key) {
-            return;
-        }
-        let authed = ctl.conns.get(key).map(|c| c.authed).unwrap_or(false);
-        if !authed && !cmd.allowed_unauthenticated() {
-            return ctl.reply(key, &Err("authentication required: auth <token>".into()));
-        }
-        let mut body = String::new();
-        let result = match cmd {
-            Command::Help => {
-                format_help(&mut body);
-                Ok(body)
-            }
-            Command::Ping => Ok(body),
-            Command::Auth(token) => ctl.auth(key, &token),
-            Command::Stats => {
-                format_stats(&mut body, &self.core, now, self.started);
-                Ok(body)
-            }
-            Command::Clients => {
-                format_clients(&mut body, self.core.clients(), now);
-                Ok(body)
-            }
-            Command::Metrics => {
-                format_metrics(&mut body, &self.core, now, self.started);
-                Ok(body)
-            }
-            Command::Config => {
-                self.format_config(&mut body);
-                Ok(body)
-            }
-            Command::Kick(target) => match self.core.kick(now, target) {
-                Some(id) => {
-                    info!("control: operator kicked client {id}");
-                    Ok(format!("kicked {id}\n"))
-                }
-                None => Err("no such client".into()),
-            },
-            Command::Log(on) => {
-                ctl.set_log(key, Some(on), None);
-                Ok(body)
-            }
-            Command::LogLevel(l) => {
-                ctl.set_log(key, Some(true), Some(l));
-                Ok(body)
-            }
-            Command::Quit => {
-                ctl.close_after_flush(key);
-                Ok(body)
-            }
-            Command::Shutdown => {
-                let peer = ctl
-                    .conns
-                    .get(key)
-                    .map(|c| c.peer.to_string())
-                    .unwrap_or_default();
-                info!("control: shutdown requested by {peer}");
-                self.stop_requested = true;
-                Ok("shutting down\n".into())
-            }
-        };
-        if let Some(ctl) = &mut self.control {
-            ctl.reply(key, &result);
-        }
-    }
-
-    fn format_config(&self, out: &mut String) {
-        let c: &Config = self.core.config();
-        let n = &self.net;
-        let _ = writeln!(out, "group {}", n.group);
-        let _ = writeln!(out, "port {}", n.port);
-        let _ = writeln!(out, "iface {}", n.iface);
-        let _ = writeln!(
-            out,
-            "control {}",
-            self.control_addr()
-                .map(|a| a.to_string())
-                .unwrap_or("off".into())
-        );
-        let _ = writeln!(out, "max_control {}", n.max_control);
-        let _ = writeln!(
-            out,
-            "control_auth {}",
-            if n.control_token.is_some() {
-                "on"
-            } else {
-                "off"
-            }
-        );
-        let _ = writeln!(out, "key_bits {}", self.core.key().modulus_len() * 8);
-        let _ = writeln!(out, "key_fingerprint {}", self.core.key().fingerprint_hex());
-        let _ = writeln!(out, "client_timeout_ms {}", c.client_timeout.as_millis());
-        let _ = writeln!(
-            out,
-            "keepalive_interval_ms {}",
-            c.keepalive_interval.as_millis()
-        );
-        let _ = writeln!(out, "max_clients {}", c.max_clients);
-        let _ = writeln!(
-            out,
-            "reassembly_timeout_ms {}",
-            c.reassembly.timeout.as_millis()
-        );
-        let _ = writeln!(
-            out,
-            "reassembly_per_client_messages {}",
-            c.reassembly.per_owner_messages
-        );
-        let _ = writeln!(
-            out,
-            "reassembly_per_client_bytes {}",
-            c.reassembly.per_owner_bytes
-        );
-        let _ = writeln!(out, "reassembly_total_bytes {}", c.reassembly.total_bytes);
-        let _ = writeln!(out, "token_ttl_s {}", c.token_ttl.as_secs());
-        let _ = writeln!(out, "max_clock_skew_s {}", c.max_clock_skew.as_secs());
-        let _ = writeln!(out, "handshakes_per_sec {}", c.handshakes_per_sec);
-        let _ = writeln!(
-            out,
-            "handshakes_per_source_per_sec {}",
-            c.handshakes_per_source_per_sec
-        );
-        let _ = writeln!(
-            out,
-            "admission {}",
-            c.admission
-                .as_ref()
-                .map(|a| format!("on ({} names)", a.len()))
-                .unwrap_or("off".into())
-        );
     }
 
     fn flush_transmits(&mut self) {
@@ -502,11 +462,13 @@ impl Relay {
         }
         if let Some(c) = &mut self.control {
             c.flush(registry);
-            // Stream only what someone reads: drop the global level back when operators
-            // lower theirs or leave.
-            let want = self.base_log_level.max(c.max_log_level());
-            if want != log::max_level() {
-                log::set_max_level(want);
+            if self.manage_log_level {
+                // Stream only what someone reads: drop the global level back when operators
+                // lower theirs or leave.
+                let want = self.base_log_level.max(max_log_level(c.operators()));
+                if want != log::max_level() {
+                    log::set_max_level(want);
+                }
             }
         }
     }
@@ -514,7 +476,7 @@ impl Relay {
     /// The next instant the host must call [`Relay::handle_timeout`], if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.read_more || self.stop_requested {
-            return Some(self.started);
+            return Some(Instant::now().min(self.core.poll_timeout().unwrap_or(Instant::now())));
         }
         self.core.poll_timeout()
     }
@@ -555,7 +517,10 @@ impl Relay {
             c.broadcast_line("LOG INFO relay stopped");
             c.close_all(registry);
         }
-        if let Err(e) = self.mcast_leave() {
+        if let Err(e) = self
+            .mcast
+            .leave_multicast_v4(&self.net.group, &self.net.iface)
+        {
             warn!("leaving the multicast group: {e}");
         }
         let _ = registry.deregister(&mut self.mcast);
@@ -564,13 +529,8 @@ impl Relay {
         info!("relay stopped");
     }
 
-    fn mcast_leave(&self) -> io::Result<()> {
-        self.mcast
-            .leave_multicast_v4(&self.net.group, &self.net.iface)
-    }
-
     /// Bytes queued for operators (tests: proves output stays bounded).
     pub fn control_queued_bytes(&self) -> usize {
-        self.control.as_ref().map(|c| c.queued_bytes()).unwrap_or(0)
+        self.control.as_ref().map_or(0, ControlServer::queued_bytes)
     }
 }

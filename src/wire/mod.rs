@@ -2,9 +2,10 @@
 //!
 //! Parsing is zero-copy and exact: every message has a fixed shape, a datagram is exactly one
 //! TLV, and a sealed plaintext is exactly one of the sequences the protocol lists. Errors name
-//! the field that was wrong, and each maps to a drop-counter name (`WireError::reason`).
+//! the field that was wrong, and each maps to one drop reason (`core::DropReason::from_wire`).
 
 mod msg;
+mod reader;
 mod tlv;
 
 pub use msg::{Body, Outer, parse_inner, write_inner};
@@ -39,43 +40,69 @@ pub const MAX_REJECT_REASON: usize = 100;
 
 /// Outer (datagram-level) TLV types.
 pub mod outer {
+    /// C→R: version range and padding.
     pub const HELLO: u16 = 0x0001;
+    /// R→C: the chosen version and an address cookie.
     pub const COOKIE: u16 = 0x0002;
+    /// C→R: a cookie, asking for the relay's public key.
     pub const KEY_REQUEST: u16 = 0x0003;
+    /// R→C: the relay's RSA public key (PEM).
     pub const PUBLIC_KEY: u16 = 0x0004;
+    /// C→R: a cookie and the RSA-OAEP-sealed client key.
     pub const REGISTER: u16 = 0x0005;
+    /// Both: one Fernet token.
     pub const SEALED: u16 = 0x0006;
+    /// Both: a piece of a token too large for one datagram.
     pub const FRAGMENT: u16 = 0x0007;
+    /// R→C: a handshake failure code and reason.
     pub const REJECT: u16 = 0x0008;
 }
 
 /// Sealed (inner, inside a Fernet token) TLV types.
 pub mod inner {
+    /// The sender's sequence number of this token.
     pub const SEQ: u16 = 0x0101;
+    /// A message body.
     pub const DATA: u16 = 0x0102;
+    /// The id of a relayed message's sender.
     pub const SENDER: u16 = 0x0103;
+    /// An admission name.
     pub const NAME: u16 = 0x0104;
+    /// C→R: I am alive.
     pub const KEEPALIVE: u16 = 0x0105;
+    /// R→C: the answer to a keep-alive.
     pub const KEEPALIVE_ACK: u16 = 0x0106;
+    /// C→R: end my session.
     pub const DISCONNECT: u16 = 0x0107;
+    /// R→C: registration accepted (id, keep-alive, timeout).
     pub const WELCOME: u16 = 0x0108;
+    /// R→C: another client registered.
     pub const JOIN: u16 = 0x0109;
+    /// R→C: another client left (id, reason).
     pub const LEAVE: u16 = 0x010A;
+    /// R→C: the relay is stopping.
     pub const SHUTDOWN: u16 = 0x010B;
+    /// R→C: your session ended (reason).
     pub const CLOSED: u16 = 0x010C;
 }
 
 /// Why a session ended (LEAVE and CLOSED reason byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveReason {
+    /// The client asked (DISCONNECT).
     Disconnect = 1,
+    /// The client fell silent for the timeout.
     Timeout = 2,
+    /// An operator kicked it.
     Kicked = 3,
+    /// A new registration from the same address replaced it.
     Replaced = 4,
+    /// The relay is shutting down.
     Shutdown = 5,
 }
 
 impl LeaveReason {
+    /// The reason for a wire byte, if it is one.
     pub fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Disconnect,
@@ -101,16 +128,24 @@ impl LeaveReason {
 /// REJECT codes (protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectCode {
+    /// HELLO offered no version the relay speaks.
     UnsupportedVersion = 1,
+    /// The cookie's MAC is wrong or it expired: start again from HELLO.
     BadCookie = 2,
+    /// The cookie was already used: start again from HELLO.
     CookieReused = 3,
+    /// The RSA-OAEP ciphertext or the key inside it is invalid.
     BadRegistration = 4,
+    /// The relay is at its client limit: retry later.
     RelayFull = 5,
+    /// The admission name or token is missing or wrong.
     NotAdmitted = 6,
+    /// The request was malformed.
     Malformed = 7,
 }
 
 impl RejectCode {
+    /// The code for a wire value, if it is one.
     pub fn from_u16(v: u16) -> Option<Self> {
         Some(match v {
             1 => Self::UnsupportedVersion,

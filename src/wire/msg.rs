@@ -1,58 +1,69 @@
 //! The protocol's messages: exact-shape parsing and encoding (protocol.md §2).
 
+use super::reader::Reader;
 use super::tlv::{TlvIter, WireError, put_tlv, put_tlv_header};
 use super::{
-    COOKIE_LEN, FRAGMENT_CHUNK, HELLO_MIN_VALUE, MAX_BODY, MAX_FRAGMENTS, MAX_NAME, inner, outer,
+    COOKIE_LEN, FRAGMENT_CHUNK, FRAGMENT_HEADER, HELLO_MIN_VALUE, MAX_BODY, MAX_FRAGMENTS,
+    MAX_NAME, MAX_REJECT_REASON, inner, outer,
 };
 
 /// A datagram-level message. Borrowed from the datagram; nothing is copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outer<'a> {
+    /// C→R: the versions the client speaks.
     Hello {
+        /// Lowest version offered.
         min: u16,
+        /// Highest version offered.
         max: u16,
     },
+    /// R→C: the version chosen and an address cookie.
     Cookie {
+        /// The version the relay chose.
         version: u16,
+        /// Opaque to the client; echoed verbatim.
         cookie: &'a [u8; COOKIE_LEN],
     },
+    /// C→R: please send your public key.
     KeyRequest {
+        /// The cookie from COOKIE.
         cookie: &'a [u8; COOKIE_LEN],
     },
+    /// R→C: the relay's RSA public key.
     PublicKey {
+        /// PEM SubjectPublicKeyInfo, ASCII.
         pem: &'a [u8],
     },
+    /// C→R: register with this key.
     Register {
+        /// The cookie from COOKIE.
         cookie: &'a [u8; COOKIE_LEN],
+        /// RSA-OAEP-SHA256 of the client's Fernet key (and admission suffix).
         ciphertext: &'a [u8],
     },
+    /// Both: one Fernet token.
     Sealed {
+        /// The token (base64 text in version 1, binary in version 2).
         token: &'a [u8],
     },
+    /// Both: one piece of a token too large for a datagram.
     Fragment {
+        /// The message this piece belongs to.
         msg_id: u32,
+        /// Position, from 0.
         index: u16,
+        /// Number of pieces.
         count: u16,
+        /// The bytes.
         chunk: &'a [u8],
     },
+    /// R→C: a handshake failure.
     Reject {
+        /// A [`RejectCode`](super::RejectCode) value.
         code: u16,
+        /// UTF-8 text for humans.
         reason: &'a [u8],
     },
-}
-
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn cookie_of(typ: u16, v: &[u8]) -> Result<&[u8; COOKIE_LEN], WireError> {
-    v.first_chunk::<COOKIE_LEN>().ok_or(WireError::BadValue {
-        typ,
-        field: "cookie",
-    })
 }
 
 impl<'a> Outer<'a> {
@@ -66,91 +77,28 @@ impl<'a> Outer<'a> {
         if it.next().is_some() {
             return Err(WireError::TrailingData);
         }
-        let bad = |field| WireError::BadValue { typ, field };
-        Ok(match typ {
-            outer::HELLO => {
-                if v.len() < HELLO_MIN_VALUE {
-                    return Err(bad("length (HELLO must be padded to 60 bytes)"));
-                }
-                Outer::Hello {
-                    min: be16(v),
-                    max: be16(&v[2..]),
-                }
-            }
+        let r = Reader::new(typ, v);
+        match typ {
+            outer::HELLO => hello(r),
             outer::COOKIE => {
-                if v.len() != 2 + COOKIE_LEN {
-                    return Err(bad("length"));
-                }
-                Outer::Cookie {
-                    version: be16(v),
-                    cookie: cookie_of(typ, &v[2..])?,
-                }
+                let mut r = r.exactly(2 + COOKIE_LEN)?;
+                Ok(Outer::Cookie {
+                    version: r.u16("version")?,
+                    cookie: r.array("cookie")?,
+                })
             }
-            outer::KEY_REQUEST => {
-                if v.len() != COOKIE_LEN {
-                    return Err(bad("length"));
-                }
-                Outer::KeyRequest {
-                    cookie: cookie_of(typ, v)?,
-                }
-            }
-            outer::PUBLIC_KEY => {
-                if v.is_empty() {
-                    return Err(bad("length"));
-                }
-                Outer::PublicKey { pem: v }
-            }
-            outer::REGISTER => {
-                // 64..=512-byte moduli: 512- to 4096-bit keys.
-                let ct = v.get(COOKIE_LEN..).unwrap_or_default();
-                if !(64..=512).contains(&ct.len()) {
-                    return Err(bad("ciphertext length"));
-                }
-                Outer::Register {
-                    cookie: cookie_of(typ, v)?,
-                    ciphertext: ct,
-                }
-            }
-            outer::SEALED => {
-                if v.len() < 4 {
-                    return Err(bad("token length"));
-                }
-                Outer::Sealed { token: v }
-            }
-            outer::FRAGMENT => {
-                if v.len() < 9 {
-                    return Err(bad("length"));
-                }
-                let (msg_id, index, count) = (be32(v), be16(&v[4..]), be16(&v[6..]));
-                let chunk = &v[8..];
-                if !(2..=MAX_FRAGMENTS as u16).contains(&count) {
-                    return Err(bad("count"));
-                }
-                if index >= count {
-                    return Err(bad("index"));
-                }
-                let last = index + 1 == count;
-                if (!last && chunk.len() != FRAGMENT_CHUNK) || chunk.len() > FRAGMENT_CHUNK {
-                    return Err(bad("chunk length"));
-                }
-                Outer::Fragment {
-                    msg_id,
-                    index,
-                    count,
-                    chunk,
-                }
-            }
-            outer::REJECT => {
-                if v.len() < 2 || v.len() > 2 + super::MAX_REJECT_REASON {
-                    return Err(bad("length"));
-                }
-                Outer::Reject {
-                    code: be16(v),
-                    reason: &v[2..],
-                }
-            }
-            t => return Err(WireError::UnknownType(t)),
-        })
+            outer::KEY_REQUEST => Ok(Outer::KeyRequest {
+                cookie: r.exactly(COOKIE_LEN)?.array("cookie")?,
+            }),
+            outer::PUBLIC_KEY if r.left() == 0 => Err(r.bad("length")),
+            outer::PUBLIC_KEY => Ok(Outer::PublicKey { pem: v }),
+            outer::REGISTER => register(r),
+            outer::SEALED if r.left() < 4 => Err(r.bad("token length")),
+            outer::SEALED => Ok(Outer::Sealed { token: v }),
+            outer::FRAGMENT => fragment(r),
+            outer::REJECT => reject(r),
+            t => Err(WireError::UnknownType(t)),
+        }
     }
 
     /// Append this message as one datagram.
@@ -182,13 +130,68 @@ impl<'a> Outer<'a> {
                 chunk,
             } => super::put_fragment(out, msg_id, index, count, chunk),
             Outer::Reject { code, reason } => {
-                let reason = &reason[..reason.len().min(super::MAX_REJECT_REASON)];
+                let reason = &reason[..reason.len().min(MAX_REJECT_REASON)];
                 put_tlv_header(out, outer::REJECT, 2 + reason.len());
                 out.extend_from_slice(&code.to_be_bytes());
                 out.extend_from_slice(reason);
             }
         }
     }
+}
+
+fn hello(mut r: Reader<'_>) -> Result<Outer<'_>, WireError> {
+    if r.left() < HELLO_MIN_VALUE {
+        return Err(r.bad("length (HELLO must be padded to 60 bytes)"));
+    }
+    Ok(Outer::Hello {
+        min: r.u16("min_version")?,
+        max: r.u16("max_version")?,
+    })
+}
+
+fn register(mut r: Reader<'_>) -> Result<Outer<'_>, WireError> {
+    // 64..=512-byte moduli: 512- to 4096-bit keys.
+    if !(COOKIE_LEN + 64..=COOKIE_LEN + 512).contains(&r.left()) {
+        return Err(r.bad("ciphertext length"));
+    }
+    Ok(Outer::Register {
+        cookie: r.array("cookie")?,
+        ciphertext: r.rest(),
+    })
+}
+
+fn fragment(mut r: Reader<'_>) -> Result<Outer<'_>, WireError> {
+    if r.left() < FRAGMENT_HEADER + 1 {
+        return Err(r.bad("length"));
+    }
+    let (msg_id, index, count) = (r.u32("msg_id")?, r.u16("index")?, r.u16("count")?);
+    let chunk = r.rest();
+    if !(2..=MAX_FRAGMENTS as u16).contains(&count) {
+        return Err(r.bad("count"));
+    }
+    if index >= count {
+        return Err(r.bad("index"));
+    }
+    let last = index + 1 == count;
+    if (!last && chunk.len() != FRAGMENT_CHUNK) || chunk.len() > FRAGMENT_CHUNK {
+        return Err(r.bad("chunk length"));
+    }
+    Ok(Outer::Fragment {
+        msg_id,
+        index,
+        count,
+        chunk,
+    })
+}
+
+fn reject(mut r: Reader<'_>) -> Result<Outer<'_>, WireError> {
+    if !(2..=2 + MAX_REJECT_REASON).contains(&r.left()) {
+        return Err(r.bad("length"));
+    }
+    Ok(Outer::Reject {
+        code: r.u16("code")?,
+        reason: r.rest(),
+    })
 }
 
 /// The body of a sealed plaintext (after its SEQ).
@@ -202,40 +205,47 @@ pub enum Body<'a> {
     Disconnect,
     /// R→C: registration accepted.
     Welcome {
+        /// The client's id.
         id: u32,
+        /// Send a keep-alive after this long without sending.
         keepalive_ms: u32,
+        /// The relay drops a client silent this long.
         timeout_ms: u32,
+        /// The client's admission name.
         name: Option<&'a [u8]>,
     },
     /// R→C: a relayed message.
     Message {
+        /// The original sender's id.
         sender: u32,
+        /// Its admission name.
         name: Option<&'a [u8]>,
+        /// The body.
         data: &'a [u8],
     },
     /// R→C.
     KeepaliveAck,
     /// R→C: another client registered.
-    Join { id: u32, name: Option<&'a [u8]> },
+    Join {
+        /// The newcomer's id.
+        id: u32,
+        /// Its admission name.
+        name: Option<&'a [u8]>,
+    },
     /// R→C: another client left.
-    Leave { id: u32, reason: u8 },
+    Leave {
+        /// Its id.
+        id: u32,
+        /// A [`LeaveReason`](super::LeaveReason) value.
+        reason: u8,
+    },
     /// R→C: the relay is stopping.
     Shutdown,
     /// R→C: your session ended.
-    Closed { reason: u8 },
-}
-
-fn exact<const N: usize>(typ: u16, v: &[u8]) -> Result<&[u8; N], WireError> {
-    if v.len() != N {
-        return Err(WireError::BadValue {
-            typ,
-            field: "length",
-        });
-    }
-    v.first_chunk::<N>().ok_or(WireError::BadValue {
-        typ,
-        field: "length",
-    })
+    Closed {
+        /// A [`LeaveReason`](super::LeaveReason) value.
+        reason: u8,
+    },
 }
 
 fn name_of(v: &[u8]) -> Result<&[u8], WireError> {
@@ -248,119 +258,97 @@ fn name_of(v: &[u8]) -> Result<&[u8], WireError> {
     Ok(v)
 }
 
+/// The TLVs of a plaintext, with one TLV of look-ahead.
+struct Tlvs<'a> {
+    it: TlvIter<'a>,
+    peeked: Option<(u16, &'a [u8])>,
+}
+
+impl<'a> Tlvs<'a> {
+    fn next(&mut self) -> Result<Option<(u16, &'a [u8])>, WireError> {
+        match self.peeked.take() {
+            Some(tlv) => Ok(Some(tlv)),
+            None => self.it.next().transpose(),
+        }
+    }
+
+    /// An optional NAME, next.
+    fn name(&mut self) -> Result<Option<&'a [u8]>, WireError> {
+        match self.next()? {
+            Some((inner::NAME, v)) => Ok(Some(name_of(v)?)),
+            other => {
+                self.peeked = other;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Parse a sealed plaintext: SEQ first, then exactly one of the listed shapes (protocol.md §2).
 pub fn parse_inner(plain: &[u8]) -> Result<(u64, Body<'_>), WireError> {
-    let mut it = TlvIter::new(plain);
-    let mut next = || -> Result<Option<(u16, &[u8])>, WireError> { it.next().transpose() };
-    let (t, v) = next()?.ok_or(WireError::Empty)?;
+    let mut tlvs = Tlvs {
+        it: TlvIter::new(plain),
+        peeked: None,
+    };
+    let (t, v) = tlvs.next()?.ok_or(WireError::Empty)?;
     if t != inner::SEQ {
         return Err(WireError::BadSequence);
     }
-    let seq = u64::from_be_bytes(*exact::<8>(t, v)?);
-    let (t, v) = next()?.ok_or(WireError::BadSequence)?;
-    // Optional NAME after the head TLV, then what must follow.
-    let body = match t {
-        inner::DATA => {
-            if v.len() > MAX_BODY {
-                return Err(WireError::BadValue {
-                    typ: t,
-                    field: "length",
-                });
-            }
-            Body::Data(v)
-        }
-        inner::KEEPALIVE | inner::KEEPALIVE_ACK | inner::DISCONNECT | inner::SHUTDOWN => {
-            exact::<0>(t, v)?;
-            match t {
-                inner::KEEPALIVE => Body::Keepalive,
-                inner::KEEPALIVE_ACK => Body::KeepaliveAck,
-                inner::DISCONNECT => Body::Disconnect,
-                _ => Body::Shutdown,
-            }
-        }
+    let seq = Reader::new(t, v).exactly(8)?.u64("seq")?;
+    let (t, v) = tlvs.next()?.ok_or(WireError::BadSequence)?;
+    let body = body(Reader::new(t, v), t, &mut tlvs)?;
+    if tlvs.next()?.is_some() {
+        return Err(WireError::TrailingData);
+    }
+    Ok((seq, body))
+}
+
+/// The body that TLV `t` (read by `r`) starts; its optional NAME and DATA follow in `tlvs`.
+fn body<'a>(r: Reader<'a>, t: u16, tlvs: &mut Tlvs<'a>) -> Result<Body<'a>, WireError> {
+    Ok(match t {
+        inner::DATA if r.left() > MAX_BODY => return Err(r.bad("length")),
+        inner::DATA => Body::Data(r.into_rest()),
+        inner::KEEPALIVE => r.exactly(0).map(|_| Body::Keepalive)?,
+        inner::KEEPALIVE_ACK => r.exactly(0).map(|_| Body::KeepaliveAck)?,
+        inner::DISCONNECT => r.exactly(0).map(|_| Body::Disconnect)?,
+        inner::SHUTDOWN => r.exactly(0).map(|_| Body::Shutdown)?,
         inner::WELCOME => {
-            let b = exact::<12>(t, v)?;
-            Body::Welcome {
-                id: be32(b),
-                keepalive_ms: be32(&b[4..]),
-                timeout_ms: be32(&b[8..]),
-                name: None,
-            }
-        }
-        inner::SENDER => Body::Message {
-            sender: be32(exact::<4>(t, v)?),
-            name: None,
-            data: &[],
-        },
-        inner::JOIN => Body::Join {
-            id: be32(exact::<4>(t, v)?),
-            name: None,
-        },
-        inner::LEAVE => {
-            let b = exact::<5>(t, v)?;
-            Body::Leave {
-                id: be32(b),
-                reason: b[4],
-            }
-        }
-        inner::CLOSED => Body::Closed {
-            reason: exact::<1>(t, v)?[0],
-        },
-        inner::SEQ | inner::NAME => return Err(WireError::BadSequence),
-        t => return Err(WireError::UnknownType(t)),
-    };
-    let mut following = next()?;
-    let body = match body {
-        Body::Welcome {
-            id,
-            keepalive_ms,
-            timeout_ms,
-            ..
-        } => {
-            let mut name = None;
-            if let Some((inner::NAME, v)) = following {
-                name = Some(name_of(v)?);
-                following = next()?;
-            }
+            let mut r = r.exactly(12)?;
+            let (id, keepalive_ms) = (r.u32("id")?, r.u32("keepalive_ms")?);
+            let timeout_ms = r.u32("timeout_ms")?;
             Body::Welcome {
                 id,
                 keepalive_ms,
                 timeout_ms,
-                name,
+                name: tlvs.name()?,
             }
         }
-        Body::Join { id, .. } => {
-            let mut name = None;
-            if let Some((inner::NAME, v)) = following {
-                name = Some(name_of(v)?);
-                following = next()?;
-            }
-            Body::Join { id, name }
-        }
-        Body::Message { sender, .. } => {
-            let mut name = None;
-            if let Some((inner::NAME, v)) = following {
-                name = Some(name_of(v)?);
-                following = next()?;
-            }
-            match following {
-                Some((inner::DATA, v)) if v.len() <= MAX_BODY => {
-                    following = next()?;
-                    Body::Message {
-                        sender,
-                        name,
-                        data: v,
-                    }
-                }
+        inner::SENDER => {
+            let sender = r.exactly(4)?.u32("sender")?;
+            let name = tlvs.name()?;
+            let data = match tlvs.next()? {
+                Some((inner::DATA, v)) if v.len() <= MAX_BODY => v,
                 _ => return Err(WireError::BadSequence),
+            };
+            Body::Message { sender, name, data }
+        }
+        inner::JOIN => Body::Join {
+            id: r.exactly(4)?.u32("id")?,
+            name: tlvs.name()?,
+        },
+        inner::LEAVE => {
+            let mut r = r.exactly(5)?;
+            Body::Leave {
+                id: r.u32("id")?,
+                reason: r.u8("reason")?,
             }
         }
-        b => b,
-    };
-    if following.is_some() {
-        return Err(WireError::TrailingData);
-    }
-    Ok((seq, body))
+        inner::CLOSED => Body::Closed {
+            reason: r.exactly(1)?.u8("reason")?,
+        },
+        inner::SEQ | inner::NAME => return Err(WireError::BadSequence),
+        t => return Err(WireError::UnknownType(t)),
+    })
 }
 
 /// Append the sealed plaintext `SEQ, body` to `out`.

@@ -2,37 +2,32 @@
 
 use std::fmt;
 
-/// A datagram or plaintext that does not follow the protocol. `reason()` names the drop counter.
+/// A datagram or plaintext that does not follow the protocol. Each maps to one drop reason
+/// (`DropReason::from_wire`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireError {
     /// Fewer than 4 bytes left for a TLV header.
     TruncatedHeader,
     /// A TLV's length runs past the end of its buffer.
-    TruncatedValue { typ: u16 },
+    TruncatedValue {
+        /// The TLV's type.
+        typ: u16,
+    },
     /// A type this version does not know (or one that belongs to the other layer).
     UnknownType(u16),
     /// A known type whose value has the wrong length or shape; names the field.
-    BadValue { typ: u16, field: &'static str },
+    BadValue {
+        /// The TLV's type.
+        typ: u16,
+        /// The field that was wrong.
+        field: &'static str,
+    },
     /// Bytes after the one TLV a datagram may hold.
     TrailingData,
     /// The TLVs are individually valid but do not form a message the protocol lists.
     BadSequence,
     /// Zero-length datagram or plaintext.
     Empty,
-}
-
-impl WireError {
-    /// Drop-counter name.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::TruncatedHeader | Self::TruncatedValue { .. } => "malformed_truncated",
-            Self::UnknownType(_) => "malformed_unknown_type",
-            Self::BadValue { .. } => "malformed_value",
-            Self::TrailingData => "malformed_trailing_data",
-            Self::BadSequence => "malformed_sequence",
-            Self::Empty => "malformed_empty",
-        }
-    }
 }
 
 impl fmt::Display for WireError {
@@ -58,6 +53,7 @@ pub struct TlvIter<'a> {
 }
 
 impl<'a> TlvIter<'a> {
+    /// Iterate the TLVs of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         TlvIter { buf, failed: false }
     }

@@ -7,14 +7,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mcrelay::client::{Client, ClientConfig, Event};
-use mcrelay::core::{Config, RelayCore, Stats};
-use mcrelay::crypto::key::ServerKey;
-use mcrelay::crypto::rng::Rng;
 use mcrelay::driver::logtap::LogTap;
-use mcrelay::driver::{NetConfig, Relay, TokenRange};
+use mcrelay::{Config, NetConfig, Relay, ServerKey, Stats};
 use mio::{Events, Poll, Token, Waker};
 
 /// One RSA key for the whole test binary (generation is the slow part).
@@ -53,14 +50,36 @@ pub fn unique_endpoint() -> (Ipv4Addr, u16) {
     )
 }
 
-/// The test binary's global logger (stderr at error) feeding one shared LogTap, installed once.
-/// Every TestRelay drains this tap, so with relays running in parallel a log line reaches
+/// The test binary's logger: errors on stderr, every enabled line into a [`LogTap`] (as the
+/// binary's logger does).
+struct TestLogger {
+    tap: LogTap,
+}
+
+impl log::Log for TestLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if r.level() <= log::Level::Error {
+            eprintln!("{} {}", r.level(), r.args());
+        }
+        self.tap
+            .push(r.level(), format!("test {:<5} {}", r.level(), r.args()));
+    }
+    fn flush(&self) {}
+}
+
+/// The test binary's global logger feeding one shared LogTap, installed once. Every
+/// TestRelay drains this tap, so with relays running in parallel a log line reaches
 /// whichever relay drains first; operators raise the level with `log level debug`.
 pub fn log_tap() -> LogTap {
     static TAP: OnceLock<LogTap> = OnceLock::new();
     TAP.get_or_init(|| {
         let tap = LogTap::new(4096);
-        let _ = mcrelay::cli::Logger::install(log::LevelFilter::Error, Some(tap.clone()));
+        if log::set_boxed_logger(Box::new(TestLogger { tap: tap.clone() })).is_ok() {
+            log::set_max_level(log::LevelFilter::Error);
+        }
         tap
     })
     .clone()
@@ -102,22 +121,13 @@ impl TestRelay {
         let thread = std::thread::spawn(move || {
             let mut poll = Poll::new().unwrap();
             let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
-            let now = Instant::now();
-            let unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            let core = RelayCore::new(cfg, key, Rng::from_os().unwrap(), now, unix);
-            let tap = log_tap();
-            let mut relay = Relay::new(
-                core,
-                net,
-                poll.registry(),
-                TokenRange { start: 10, len: 16 },
-                Some(tap),
-                now,
-            )
-            .unwrap();
+            let mut relay = Relay::builder(key)
+                .config(cfg)
+                .net(net)
+                .log_tap(log_tap())
+                .manage_log_level(true)
+                .build(poll.registry(), Token(10), Instant::now())
+                .expect("relay starts");
             tx.send((relay.control_addr().unwrap(), waker.clone()))
                 .unwrap();
             let mut events = Events::with_capacity(256);

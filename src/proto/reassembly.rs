@@ -126,19 +126,6 @@ impl FragmentError {
         FragmentError::OwnerLimit,
         FragmentError::GlobalLimit,
     ];
-
-    /// Stable snake_case counter name.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            FragmentError::BadCount => "fragment_bad_count",
-            FragmentError::IndexOutOfRange => "fragment_index_out_of_range",
-            FragmentError::BadChunkLength => "fragment_bad_chunk_length",
-            FragmentError::Duplicate => "fragment_duplicate",
-            FragmentError::Inconsistent => "fragment_inconsistent",
-            FragmentError::OwnerLimit => "fragment_owner_limit",
-            FragmentError::GlobalLimit => "fragment_global_limit",
-        }
-    }
 }
 
 impl fmt::Display for FragmentError {
@@ -459,9 +446,41 @@ impl Reassembler {
         if usage.bytes.saturating_add(need) <= limits.per_owner_bytes {
             self.make_room(owner, usage.bytes, need);
         }
-        let global = self.bytes;
+        let buf = self.take_buffer(need, usage.bytes)?;
+        let charge = buf.capacity();
+
+        // Keep the list ordered by `created` even if `now` goes backwards:
+        // an entry then lives slightly longer, never shorter.
+        let created = match self.tail.and_then(|t| self.entries.get(t)) {
+            Some(t) if t.created > now => t.created,
+            _ => now,
+        };
+        let key = self.push_entry(Partial {
+            owner,
+            msg_id,
+            count,
+            received: 0,
+            last_len: 0,
+            have: 0,
+            buf,
+            charge,
+            created,
+            prev: self.tail,
+            next: None,
+        });
+        let u = self.owners.entry(owner).or_default();
+        u.messages += 1;
+        u.bytes += charge;
+        self.bytes += charge;
+        Ok(key)
+    }
+
+    /// A zeroed buffer of `need` bytes for an owner already charged `owner_bytes`, recycled
+    /// when one fits (best fit), whose whole capacity fits both caps.
+    fn take_buffer(&mut self, need: usize, owner_bytes: usize) -> Result<Vec<u8>, FragmentError> {
+        let (limits, global) = (self.limits, self.bytes);
         let check = |charge: usize| -> Result<(), FragmentError> {
-            if usage.bytes.saturating_add(charge) > limits.per_owner_bytes {
+            if owner_bytes.saturating_add(charge) > limits.per_owner_bytes {
                 Err(FragmentError::OwnerLimit)
             } else if global.saturating_add(charge) > limits.total_bytes {
                 Err(FragmentError::GlobalLimit)
@@ -470,7 +489,6 @@ impl Reassembler {
             }
         };
         check(need)?;
-
         // Best-fit recycled buffer whose whole capacity fits the caps and
         // wastes at most half of it (the whole capacity is charged, so a
         // small message must not pin, and be charged for, a huge buffer).
@@ -488,45 +506,27 @@ impl Reassembler {
             Some(i) => self.free.swap_remove(i),
             None => Vec::with_capacity(need),
         };
-        let charge = buf.capacity();
-        if let Err(e) = check(charge) {
+        if let Err(e) = check(buf.capacity()) {
             // Only if the allocator handed out more than asked for.
             self.recycle(buf);
             return Err(e);
         }
         buf.clear();
         buf.resize(need, 0);
+        Ok(buf)
+    }
 
-        // Keep the list ordered by `created` even if `now` goes backwards:
-        // an entry then lives slightly longer, never shorter.
-        let created = match self.tail.and_then(|t| self.entries.get(t)) {
-            Some(t) if t.created > now => t.created,
-            _ => now,
-        };
-        let key = self.entries.insert(Partial {
-            owner,
-            msg_id,
-            count,
-            received: 0,
-            last_len: 0,
-            have: 0,
-            buf,
-            charge,
-            created,
-            prev: self.tail,
-            next: None,
-        });
+    /// Insert `p` at the tail of the creation-ordered list and index it.
+    fn push_entry(&mut self, p: Partial) -> usize {
+        let (owner, msg_id) = (p.owner, p.msg_id);
+        let key = self.entries.insert(p);
         match self.tail.and_then(|t| self.entries.get_mut(t)) {
             Some(t) => t.next = Some(key),
             None => self.head = Some(key),
         }
         self.tail = Some(key);
         self.index.insert((owner, msg_id), key);
-        let u = self.owners.entry(owner).or_default();
-        u.messages += 1;
-        u.bytes += charge;
-        self.bytes += charge;
-        Ok(key)
+        key
     }
 
     /// Unlinks and un-charges an entry; the caller owns its buffer.
@@ -636,16 +636,9 @@ mod tests {
     }
 
     #[test]
-    fn reasons_and_display_are_distinct() {
-        let reasons: HashSet<_> = FragmentError::ALL.iter().map(|e| e.reason()).collect();
+    fn display_is_distinct() {
         let shown: HashSet<_> = FragmentError::ALL.iter().map(|e| e.to_string()).collect();
-        assert_eq!(reasons.len(), FragmentError::ALL.len());
         assert_eq!(shown.len(), FragmentError::ALL.len());
-        for r in reasons {
-            assert!(r.starts_with("fragment_"));
-            assert!(r.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
-        }
-        assert_eq!(FragmentError::Duplicate.reason(), "fragment_duplicate");
     }
 
     #[test]

@@ -1,0 +1,479 @@
+//! The relay's settings and their one validation point.
+//!
+//! [`Config`] is the core's (protocol limits, timers, caps), [`NetConfig`] the driver's
+//! (sockets, control port). Each has a `validate()` that holds every rule for its fields;
+//! the constructors ([`RelayCore::new`](crate::RelayCore::new), the driver's builder) call
+//! them, the CLI calls them before any expensive work and prints the error, and nobody keeps
+//! a copy of the rules.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::proto::reassembly::Limits;
+use crate::wire::{MAX_DATAGRAM, MAX_NAME};
+
+/// Longest admission token (protocol.md §9).
+pub const MAX_ADMISSION_TOKEN: usize = 100;
+
+/// Everything the relay core can be told. `Default` is the documented default set.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A client silent this long is removed.
+    pub client_timeout: Duration,
+    /// Keep-alive interval announced to clients in WELCOME.
+    pub keepalive_interval: Duration,
+    /// Registered clients at once.
+    pub max_clients: usize,
+    /// Reassembly caps and timeout.
+    pub reassembly: Limits,
+    /// Fernet TTL for client tokens.
+    pub token_ttl: Duration,
+    /// How far in the future a client token's timestamp may be.
+    pub max_clock_skew: Duration,
+    /// RSA decryptions per second, all sources together.
+    pub handshakes_per_sec: u32,
+    /// RSA decryptions per second from one IP address (IPv6: one /64).
+    pub handshakes_per_source_per_sec: u32,
+    /// Validated REGISTERs waiting for their RSA decryption.
+    pub max_pending_registrations: usize,
+    /// How long an address cookie is accepted.
+    pub cookie_lifetime: Duration,
+    /// How often the cookie secret is replaced.
+    pub cookie_rotation: Duration,
+    /// Bytes of outgoing datagrams that may wait for the socket.
+    pub max_send_queue: usize,
+    /// `name -> token` admission list; `None` admits anyone who completes the handshake.
+    pub admission: Option<HashMap<String, String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            client_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            max_clients: 1024,
+            reassembly: Limits::default(),
+            token_ttl: Duration::from_secs(120),
+            max_clock_skew: Duration::from_secs(60),
+            handshakes_per_sec: 200,
+            handshakes_per_source_per_sec: 10,
+            max_pending_registrations: 64,
+            cookie_lifetime: Duration::from_secs(30),
+            cookie_rotation: Duration::from_secs(60),
+            max_send_queue: 4 << 20,
+            admission: None,
+        }
+    }
+}
+
+/// A setting that cannot work. `field` names it as the config struct does
+/// (`client_timeout`, `reassembly.total_bytes`, `admission`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it, as a sentence fragment (`must be positive`).
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Longest duration that travels as `u32` milliseconds (WELCOME).
+const MAX_WIRE_MS: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// Is `name` a valid admission name (protocol.md §9)?
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Is `token` a valid admission token (protocol.md §9)?
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_ADMISSION_TOKEN
+        && !token
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+impl Config {
+    /// Check every setting; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_timers()?;
+        self.validate_caps()?;
+        self.validate_admission()
+    }
+
+    fn validate_timers(&self) -> Result<(), ConfigError> {
+        if self.client_timeout.is_zero() || self.client_timeout > MAX_WIRE_MS {
+            return Err(ConfigError::new(
+                "client_timeout",
+                "must be between 1ms and 49 days",
+            ));
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_interval >= self.client_timeout {
+            return Err(ConfigError::new(
+                "keepalive_interval",
+                format!(
+                    "must be positive and shorter than client_timeout ({:?})",
+                    self.client_timeout
+                ),
+            ));
+        }
+        if self.token_ttl.is_zero() {
+            return Err(ConfigError::new("token_ttl", "must be positive"));
+        }
+        if self.cookie_rotation.is_zero() {
+            return Err(ConfigError::new("cookie_rotation", "must be positive"));
+        }
+        if self.cookie_lifetime.is_zero() || self.cookie_lifetime >= self.cookie_rotation {
+            return Err(ConfigError::new(
+                "cookie_lifetime",
+                format!(
+                    "must be positive and shorter than the cookie rotation ({:?})",
+                    self.cookie_rotation
+                ),
+            ));
+        }
+        if self.reassembly.timeout.is_zero() {
+            return Err(ConfigError::new("reassembly.timeout", "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn validate_caps(&self) -> Result<(), ConfigError> {
+        if self.max_clients == 0 {
+            return Err(ConfigError::new("max_clients", "must be at least 1"));
+        }
+        let r = &self.reassembly;
+        if r.per_owner_messages == 0 {
+            return Err(ConfigError::new(
+                "reassembly.per_owner_messages",
+                "must be at least 1",
+            ));
+        }
+        if self.handshakes_per_sec == 0 {
+            return Err(ConfigError::new("handshakes_per_sec", "must be at least 1"));
+        }
+        if self.handshakes_per_source_per_sec == 0 {
+            return Err(ConfigError::new(
+                "handshakes_per_source_per_sec",
+                "must be at least 1",
+            ));
+        }
+        if self.max_pending_registrations == 0 {
+            return Err(ConfigError::new(
+                "max_pending_registrations",
+                "must be at least 1",
+            ));
+        }
+        if self.max_send_queue < MAX_DATAGRAM {
+            return Err(ConfigError::new(
+                "max_send_queue",
+                format!("must hold at least one datagram ({MAX_DATAGRAM} bytes)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_admission(&self) -> Result<(), ConfigError> {
+        if let Some(list) = &self.admission {
+            for (name, token) in list {
+                if !valid_name(name) {
+                    return Err(ConfigError::new(
+                        "admission",
+                        "a name must be 1-32 characters of A-Z a-z 0-9 . _ -",
+                    ));
+                }
+                if !valid_token(token) {
+                    return Err(ConfigError::new(
+                        "admission",
+                        format!("the token of {name} must be 1-100 bytes without spaces"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most operators the control port serves at once.
+pub const MAX_CONTROL_LIMIT: usize = 1024;
+
+/// Sockets and control-port settings (the driver's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The multicast group clients send to.
+    pub group: Ipv4Addr,
+    /// Its UDP port.
+    pub port: u16,
+    /// Interface (by address) on which the group is joined and replies leave.
+    pub iface: Ipv4Addr,
+    /// Control listener; `None` disables the control port.
+    pub control: Option<SocketAddr>,
+    /// Operators at once.
+    pub max_control: usize,
+    /// `auth <token>` required when set.
+    pub control_token: Option<String>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            group: Ipv4Addr::new(239, 255, 77, 77),
+            port: 5007,
+            iface: Ipv4Addr::LOCALHOST,
+            control: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5008))),
+            max_control: 8,
+            control_token: None,
+        }
+    }
+}
+
+impl NetConfig {
+    /// Check every setting; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.group.is_multicast() {
+            return Err(ConfigError::new(
+                "group",
+                format!(
+                    "{} is not an IPv4 multicast address (224.0.0.0/4)",
+                    self.group
+                ),
+            ));
+        }
+        if self.port == 0 {
+            return Err(ConfigError::new(
+                "port",
+                "must be a fixed port (clients need to know it), not 0",
+            ));
+        }
+        if self.iface.is_multicast() || self.iface.is_broadcast() || self.iface.is_unspecified() {
+            return Err(ConfigError::new(
+                "iface",
+                format!("{} is not the address of an interface", self.iface),
+            ));
+        }
+        if self.max_control == 0 || self.max_control > MAX_CONTROL_LIMIT {
+            return Err(ConfigError::new(
+                "max_control",
+                format!("must be 1..={MAX_CONTROL_LIMIT}"),
+            ));
+        }
+        if let Some(t) = &self.control_token
+            && !valid_token(t)
+        {
+            return Err(ConfigError::new(
+                "control_token",
+                "must be 1-100 bytes without spaces",
+            ));
+        }
+        if let Some(addr) = self.control
+            && !addr.ip().is_loopback()
+            && self.control_token.is_none()
+        {
+            return Err(ConfigError::new(
+                "control",
+                format!(
+                    "refusing to open the control port on non-loopback {addr} without a token \
+                     (set --control-token-file or MCRELAY_CONTROL_TOKEN, or bind to 127.0.0.1)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(c: Config) -> &'static str {
+        c.validate().expect_err("should be refused").field
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_field() {
+        let d = Config::default;
+        let z = Duration::ZERO;
+        assert_eq!(
+            field_of(Config {
+                client_timeout: z,
+                ..d()
+            }),
+            "client_timeout"
+        );
+        assert_eq!(
+            field_of(Config {
+                keepalive_interval: Duration::from_secs(30),
+                ..d()
+            }),
+            "keepalive_interval"
+        );
+        assert_eq!(
+            field_of(Config {
+                max_clients: 0,
+                ..d()
+            }),
+            "max_clients"
+        );
+        let mut c = d();
+        c.reassembly.per_owner_messages = 0;
+        assert_eq!(field_of(c), "reassembly.per_owner_messages");
+        let mut c = d();
+        c.reassembly.timeout = z;
+        assert_eq!(field_of(c), "reassembly.timeout");
+        assert_eq!(
+            field_of(Config {
+                token_ttl: z,
+                ..d()
+            }),
+            "token_ttl"
+        );
+        assert_eq!(
+            field_of(Config {
+                handshakes_per_sec: 0,
+                ..d()
+            }),
+            "handshakes_per_sec"
+        );
+        assert_eq!(
+            field_of(Config {
+                handshakes_per_source_per_sec: 0,
+                ..d()
+            }),
+            "handshakes_per_source_per_sec"
+        );
+        assert_eq!(
+            field_of(Config {
+                max_pending_registrations: 0,
+                ..d()
+            }),
+            "max_pending_registrations"
+        );
+        assert_eq!(
+            field_of(Config {
+                cookie_lifetime: Duration::from_secs(60),
+                ..d()
+            }),
+            "cookie_lifetime"
+        );
+        assert_eq!(
+            field_of(Config {
+                cookie_rotation: z,
+                ..d()
+            }),
+            "cookie_rotation"
+        );
+        assert_eq!(
+            field_of(Config {
+                max_send_queue: 100,
+                ..d()
+            }),
+            "max_send_queue"
+        );
+        let bad_name = HashMap::from([("no spaces".to_string(), "t".to_string())]);
+        assert_eq!(
+            field_of(Config {
+                admission: Some(bad_name),
+                ..d()
+            }),
+            "admission"
+        );
+        let bad_token = HashMap::from([("alice".to_string(), "a b".to_string())]);
+        assert_eq!(
+            field_of(Config {
+                admission: Some(bad_token),
+                ..d()
+            }),
+            "admission"
+        );
+    }
+
+    #[test]
+    fn errors_read_as_one_line() {
+        let err = Config {
+            max_clients: 0,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.to_string(), "max_clients: must be at least 1");
+    }
+
+    #[test]
+    fn net_settings_are_checked_before_any_socket() {
+        let d = NetConfig::default;
+        assert_eq!(d().validate(), Ok(()));
+        let field = |n: NetConfig| n.validate().expect_err("refused").field;
+        assert_eq!(
+            field(NetConfig {
+                group: Ipv4Addr::new(10, 0, 0, 1),
+                ..d()
+            }),
+            "group"
+        );
+        assert_eq!(field(NetConfig { port: 0, ..d() }), "port");
+        assert_eq!(
+            field(NetConfig {
+                iface: Ipv4Addr::UNSPECIFIED,
+                ..d()
+            }),
+            "iface"
+        );
+        assert_eq!(
+            field(NetConfig {
+                max_control: 0,
+                ..d()
+            }),
+            "max_control"
+        );
+        let open = NetConfig {
+            control: Some("0.0.0.0:5008".parse().unwrap()),
+            ..d()
+        };
+        assert_eq!(field(open.clone()), "control");
+        let with_token = NetConfig {
+            control_token: Some("t0ken".into()),
+            ..open
+        };
+        assert_eq!(with_token.validate(), Ok(()));
+    }
+
+    #[test]
+    fn names_and_tokens() {
+        assert!(valid_name("alice.b-2_x"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(&"a".repeat(33)));
+        assert!(!valid_name("é"));
+        assert!(valid_token("s3cret!"));
+        assert!(!valid_token(""));
+        assert!(!valid_token("a\tb"));
+        assert!(!valid_token(&"t".repeat(101)));
+    }
+}

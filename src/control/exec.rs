@@ -1,0 +1,417 @@
+//! Running a command: authorisation, then the action on the core, then the reply text.
+//!
+//! Pure: no sockets. The driver gives each connection an [`Operator`] (what this operator may
+//! do and wants to see), hands complete lines to [`Operator::run_line`] and writes back the
+//! [`Reply`]; everything an operator can cause is decided here.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use log::{info, warn};
+use subtle::ConstantTimeEq;
+
+use super::command::{self, Command};
+use super::format::{format_clients, format_config, format_help, format_metrics, format_stats};
+use crate::config::NetConfig;
+use crate::core::RelayCore;
+
+/// Failed `auth` attempts before the connection is closed.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
+/// The answer to one line: body lines then `OK`, or `ERR <reason>`.
+pub type Reply = Result<String, String>;
+
+/// What the relay lets one control command see and change.
+pub struct Context<'a> {
+    /// The relay core (stats, clients, kick).
+    pub core: &'a mut RelayCore,
+    /// Socket settings, for `config`.
+    pub net: &'a NetConfig,
+    /// The control listener's bound address, for `config`.
+    pub control_addr: Option<SocketAddr>,
+    /// The control token, if the relay has one.
+    pub token: Option<&'a str>,
+    /// The current time.
+    pub now: Instant,
+    /// Set by `shutdown`: the host should stop the relay.
+    pub shutdown_requested: bool,
+}
+
+/// One operator's session on the control port: authentication and log preferences.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    peer: SocketAddr,
+    authed: bool,
+    auth_failures: u32,
+    log_on: bool,
+    log_level: log::LevelFilter,
+    /// False after `quit` or an auth lockout: later lines are ignored, the connection closes
+    /// once its output is written.
+    accepting: bool,
+}
+
+impl Operator {
+    /// A new connection from `peer`; it starts authenticated when the relay has no token.
+    pub fn new(peer: SocketAddr, token_required: bool) -> Self {
+        Operator {
+            peer,
+            authed: !token_required,
+            auth_failures: 0,
+            log_on: false,
+            log_level: log::LevelFilter::Info,
+            accepting: true,
+        }
+    }
+
+    /// The first reply, sent on connect.
+    pub fn greeting(&self) -> &'static str {
+        if self.authed {
+            "mcrelay control; type help\nOK\n"
+        } else {
+            "mcrelay control; authenticate with: auth <token>\nOK\n"
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Has this operator authenticated (or is no token required)?
+    pub fn is_authenticated(&self) -> bool {
+        self.authed
+    }
+
+    /// Does the connection still take commands? When false it should close after its
+    /// output is written.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// The log level streamed to this operator, if it asked for the log (and may see it).
+    pub fn log_level(&self) -> Option<log::LevelFilter> {
+        (self.log_on && self.authed).then_some(self.log_level)
+    }
+
+    /// Parse and run one line (without its newline). `None` when the connection no longer
+    /// accepts commands (the line is ignored, as pipelined input after `quit` is).
+    pub fn run_line(&mut self, line: &str, cx: &mut Context<'_>) -> Option<Reply> {
+        if !self.accepting {
+            return None;
+        }
+        Some(match command::parse(line) {
+            Ok(cmd) => self.run(cmd, cx),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Run one parsed command.
+    pub fn run(&mut self, cmd: Command, cx: &mut Context<'_>) -> Reply {
+        if !self.authed && !cmd.allowed_unauthenticated() {
+            return Err("authentication required: auth <token>".into());
+        }
+        let mut body = String::new();
+        match cmd {
+            Command::Help => format_help(&mut body),
+            Command::Ping => {}
+            Command::Auth(token) => return self.auth(&token, cx.token),
+            Command::Stats => format_stats(&mut body, cx.core, cx.now),
+            Command::Clients => format_clients(&mut body, cx.core.clients(), cx.now),
+            Command::Metrics => format_metrics(&mut body, cx.core, cx.now),
+            Command::Config => format_config(&mut body, cx.core, cx.net, cx.control_addr),
+            Command::Kick(target) => match cx.core.kick(cx.now, target) {
+                Some(id) => {
+                    info!("control: {} kicked client {id}", self.peer);
+                    body = format!("kicked {id}\n");
+                }
+                None => return Err("no such client".into()),
+            },
+            Command::Log(on) => self.log_on = on,
+            Command::LogLevel(l) => {
+                self.log_on = true;
+                self.log_level = l;
+            }
+            Command::Quit => self.accepting = false,
+            Command::Shutdown => {
+                info!("control: shutdown requested by {}", self.peer);
+                cx.shutdown_requested = true;
+                body.push_str("shutting down\n");
+            }
+        }
+        Ok(body)
+    }
+
+    fn auth(&mut self, token: &str, want: Option<&str>) -> Reply {
+        let Some(want) = want else {
+            self.authed = true;
+            return Ok("no token configured\n".into());
+        };
+        // Attempts pipelined after the last allowed failure are refused unchecked: the
+        // connection is already closing.
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            return Err("authentication failed".into());
+        }
+        if bool::from(want.as_bytes().ct_eq(token.as_bytes())) {
+            self.authed = true;
+            info!("control: {} authenticated", self.peer);
+            return Ok(String::new());
+        }
+        self.auth_failures += 1;
+        warn!(
+            "control: failed auth from {} ({} of {MAX_AUTH_FAILURES})",
+            self.peer, self.auth_failures
+        );
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            warn!(
+                "control: closing {} after {MAX_AUTH_FAILURES} failed auth attempts",
+                self.peer
+            );
+            self.accepting = false;
+        }
+        Err("authentication failed".into())
+    }
+}
+
+/// The most verbose level any authenticated operator streams (`Off` when none does).
+pub fn max_log_level<'a>(operators: impl Iterator<Item = &'a Operator>) -> log::LevelFilter {
+    operators
+        .filter_map(Operator::log_level)
+        .max()
+        .unwrap_or(log::LevelFilter::Off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientSession;
+    use crate::config::Config;
+    use crate::crypto::key::ServerKey;
+    use crate::crypto::rng::Rng;
+
+    fn key() -> ServerKey {
+        ServerKey::from_pkcs8_pem(include_str!("../../fuzz/relay_key.pem")).expect("test key")
+    }
+
+    struct Harness {
+        core: RelayCore,
+        net: NetConfig,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let now = Instant::now();
+            let core = RelayCore::new(Config::default(), key(), Rng::from_seed([1; 32]), now, 0)
+                .expect("valid config");
+            Harness {
+                core,
+                net: NetConfig::default(),
+                now,
+            }
+        }
+
+        /// Register a client through the sans-IO session; returns its id.
+        fn add_client(&mut self, port: u16) -> u32 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let rng = Rng::from_seed([port as u8; 32]);
+            let mut c = ClientSession::new(rng, None, None, self.now);
+            for _ in 0..8 {
+                while let Some(d) = c.poll_transmit() {
+                    self.core.handle_datagram(self.now, addr, &d);
+                }
+                self.core.process_registrations(self.now, 8);
+                let out: Vec<_> = self
+                    .core
+                    .transmits()
+                    .filter(|(to, _)| *to == addr)
+                    .map(|(_, d)| d.to_vec())
+                    .collect();
+                let n = self.core.transmits().count();
+                self.core.advance_transmits(n, 0);
+                for d in out {
+                    c.handle_datagram(self.now, &d);
+                }
+                if let Some(id) = c.id() {
+                    return id;
+                }
+            }
+            panic!("client did not register");
+        }
+
+        fn run(&mut self, op: &mut Operator, line: &str, token: Option<&str>) -> (Reply, bool) {
+            let mut cx = Context {
+                core: &mut self.core,
+                net: &self.net,
+                control_addr: Some("127.0.0.1:5008".parse().unwrap()),
+                token,
+                now: self.now,
+                shutdown_requested: false,
+            };
+            let r = op.run_line(line, &mut cx).expect("accepting");
+            (r, cx.shutdown_requested)
+        }
+    }
+
+    fn op(token_required: bool) -> Operator {
+        Operator::new("127.0.0.1:40000".parse().unwrap(), token_required)
+    }
+
+    #[test]
+    fn only_help_auth_ping_quit_before_auth() {
+        let mut h = Harness::new();
+        let mut o = op(true);
+        assert!(o.greeting().contains("authenticate"));
+        for line in [
+            "stats", "clients", "metrics", "config", "kick 1", "shutdown", "log on",
+        ] {
+            let (r, stop) = h.run(&mut o, line, Some("s3cret"));
+            assert_eq!(
+                r,
+                Err("authentication required: auth <token>".into()),
+                "{line}"
+            );
+            assert!(!stop);
+        }
+        assert!(h.run(&mut o, "help", Some("s3cret")).0.is_ok());
+        assert!(h.run(&mut o, "ping", Some("s3cret")).0.is_ok());
+        assert_eq!(o.log_level(), None);
+        assert_eq!(
+            h.run(&mut o, "auth s3cret", Some("s3cret")).0,
+            Ok(String::new())
+        );
+        assert!(o.is_authenticated());
+        assert!(h.run(&mut o, "stats", Some("s3cret")).0.is_ok());
+    }
+
+    #[test]
+    fn three_failed_auths_close_the_connection() {
+        let mut h = Harness::new();
+        let mut o = op(true);
+        for _ in 0..2 {
+            assert!(h.run(&mut o, "auth nope", Some("s3cret")).0.is_err());
+            assert!(o.is_accepting());
+        }
+        assert!(h.run(&mut o, "auth nope", Some("s3cret")).0.is_err());
+        assert!(!o.is_accepting());
+        let mut cx = Context {
+            core: &mut h.core,
+            net: &h.net,
+            control_addr: None,
+            token: Some("s3cret"),
+            now: h.now,
+            shutdown_requested: false,
+        };
+        assert_eq!(
+            o.run_line("auth s3cret", &mut cx),
+            None,
+            "ignored after lockout"
+        );
+        assert!(!o.is_authenticated());
+    }
+
+    #[test]
+    fn auth_without_a_token_configured() {
+        let mut h = Harness::new();
+        let mut o = op(false);
+        assert!(o.greeting().contains("type help"));
+        assert_eq!(
+            h.run(&mut o, "auth x", None).0,
+            Ok("no token configured\n".into())
+        );
+    }
+
+    #[test]
+    fn stats_and_metrics_list_every_figure() {
+        let mut h = Harness::new();
+        h.add_client(4001);
+        let mut o = op(false);
+        let stats = h.run(&mut o, "stats", None).0.expect("ok");
+        assert!(stats.contains("\nclients 1\n"), "{stats}");
+        assert!(stats.contains("joins 1\n"));
+        assert!(stats.contains("drop.replay 0\n"));
+        let lines = stats.lines().count();
+        let want = crate::core::GAUGES.len()
+            + crate::core::Stats::COUNTERS.len()
+            + 1
+            + crate::core::DropReason::ALL.len();
+        assert_eq!(lines, want);
+        let metrics = h.run(&mut o, "metrics", None).0.expect("ok");
+        assert!(metrics.contains("# TYPE mcrelay_clients gauge\nmcrelay_clients 1\n"));
+        assert!(metrics.contains("mcrelay_joins_total 1\n"));
+        assert!(metrics.contains("mcrelay_drops_total{reason=\"replay\"} 0\n"));
+    }
+
+    #[test]
+    fn clients_and_kick() {
+        let mut h = Harness::new();
+        let a = h.add_client(4001);
+        let b = h.add_client(4002);
+        let mut o = op(false);
+        let list = h.run(&mut o, "clients", None).0.expect("ok");
+        assert_eq!(list.lines().count(), 2);
+        assert!(list.contains(&format!("id={a} addr=127.0.0.1:4001 name=-")));
+        assert_eq!(
+            h.run(&mut o, &format!("kick {a}"), None).0,
+            Ok(format!("kicked {a}\n"))
+        );
+        assert_eq!(
+            h.run(&mut o, "kick 127.0.0.1:4002", None).0,
+            Ok(format!("kicked {b}\n"))
+        );
+        assert_eq!(h.core.client_count(), 0);
+        assert_eq!(
+            h.run(&mut o, "kick 99", None).0,
+            Err("no such client".into())
+        );
+        assert_eq!(h.core.stats().kicks, 2);
+    }
+
+    #[test]
+    fn config_shows_settings_but_no_secret() {
+        let mut h = Harness::new();
+        h.net.control_token = Some("s3cret".into());
+        let mut o = op(true);
+        assert!(h.run(&mut o, "auth s3cret", Some("s3cret")).0.is_ok());
+        let cfg = h.run(&mut o, "config", Some("s3cret")).0.expect("ok");
+        assert!(cfg.contains("group 239.255.77.77\n"));
+        assert!(cfg.contains("control 127.0.0.1:5008\n"));
+        assert!(cfg.contains("control_auth on\n"));
+        assert!(cfg.contains("reassembly_per_client_bytes 393216\n"));
+        assert!(cfg.contains("distribution unicast\n"));
+        assert!(!cfg.contains("s3cret"));
+    }
+
+    #[test]
+    fn log_quit_ping_help_and_shutdown() {
+        let mut h = Harness::new();
+        let mut o = op(false);
+        assert_eq!(h.run(&mut o, "ping", None).0, Ok(String::new()));
+        let help = h.run(&mut o, "help", None).0.expect("ok");
+        assert_eq!(help.lines().count(), command::HELP.len());
+        assert_eq!(o.log_level(), None);
+        assert!(h.run(&mut o, "log on", None).0.is_ok());
+        assert_eq!(o.log_level(), Some(log::LevelFilter::Info));
+        assert!(h.run(&mut o, "log level debug", None).0.is_ok());
+        assert_eq!(o.log_level(), Some(log::LevelFilter::Debug));
+        let quiet = op(false);
+        assert_eq!(
+            max_log_level([&o, &quiet].into_iter()),
+            log::LevelFilter::Debug
+        );
+        assert!(h.run(&mut o, "log off", None).0.is_ok());
+        assert_eq!(max_log_level([&o].into_iter()), log::LevelFilter::Off);
+        let (r, stop) = h.run(&mut o, "shutdown", None);
+        assert_eq!(r, Ok("shutting down\n".into()));
+        assert!(stop);
+        assert!(h.run(&mut o, "quit", None).0.is_ok());
+        assert!(!o.is_accepting());
+    }
+
+    #[test]
+    fn parse_errors_are_replies() {
+        let mut h = Harness::new();
+        let mut o = op(false);
+        let (r, _) = h.run(&mut o, "frobnicate", None);
+        assert_eq!(r, Err("unknown command: frobnicate (try: help)".into()));
+    }
+}

@@ -1,0 +1,143 @@
+//! Reply bodies: `help`, `stats`, `clients`, `metrics`, `config`. Every figure comes from the
+//! core's tables ([`Stats::COUNTERS`](crate::core::Stats::COUNTERS),
+//! [`GAUGES`](crate::core::GAUGES), [`DropReason::ALL`]), so `stats` and `metrics` always show
+//! the same set under the same names.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::command::HELP;
+use crate::config::NetConfig;
+use crate::core::{ClientInfo, DropReason, Metric, MetricKind, RelayCore};
+
+/// `help`: usage, padding, description.
+pub fn format_help(out: &mut String) {
+    for (usage, what) in HELP {
+        let _ = writeln!(out, "{usage:<42} {what}");
+    }
+}
+
+fn secs_since(now: Instant, then: Instant) -> u64 {
+    now.saturating_duration_since(then).as_secs()
+}
+
+/// Seconds with one decimal (truncated), from integers: `12.3`.
+struct Tenths(Duration);
+
+impl std::fmt::Display for Tenths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0.as_secs(), self.0.subsec_millis() / 100)
+    }
+}
+
+/// Every figure of `stats`/`metrics`: gauges, then counters.
+fn figures(core: &RelayCore, now: Instant) -> impl Iterator<Item = (&'static Metric, u64)> + '_ {
+    core.gauges(now).chain(core.stats().counters())
+}
+
+/// `stats`: `name value` lines.
+pub fn format_stats(out: &mut String, core: &RelayCore, now: Instant) {
+    for (m, v) in figures(core, now) {
+        let _ = writeln!(out, "{} {v}", m.name);
+    }
+    let s = core.stats();
+    let _ = writeln!(out, "drops_total {}", s.total_drops());
+    for d in DropReason::ALL {
+        let _ = writeln!(out, "drop.{} {}", d.name(), s.drops(*d));
+    }
+}
+
+/// `clients`: one line per client.
+pub fn format_clients(out: &mut String, clients: impl Iterator<Item = ClientInfo>, now: Instant) {
+    for c in clients {
+        let _ = writeln!(
+            out,
+            "id={} addr={} name={} since={}s last_seen={}s msgs_in={} bytes_in={} msgs_out={} bytes_out={}",
+            c.id,
+            c.addr,
+            c.name.as_deref().unwrap_or("-"),
+            secs_since(now, c.since),
+            Tenths(now.saturating_duration_since(c.last_seen)),
+            c.msgs_in,
+            c.bytes_in,
+            c.msgs_out,
+            c.bytes_out
+        );
+    }
+}
+
+/// `metrics`: Prometheus text exposition format 0.0.4.
+pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant) {
+    for (m, v) in figures(core, now) {
+        let name = m.prometheus_name();
+        let kind = match m.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+        };
+        let _ = writeln!(out, "# HELP {name} {}", m.help);
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let s = core.stats();
+    let _ = writeln!(
+        out,
+        "# HELP mcrelay_drops_total Datagrams dropped, by reason."
+    );
+    let _ = writeln!(out, "# TYPE mcrelay_drops_total counter");
+    for d in DropReason::ALL {
+        let _ = writeln!(
+            out,
+            "mcrelay_drops_total{{reason=\"{}\"}} {}",
+            d.name(),
+            s.drops(*d)
+        );
+    }
+}
+
+/// `config`: the effective settings, never a secret.
+pub fn format_config(
+    out: &mut String,
+    core: &RelayCore,
+    net: &NetConfig,
+    control: Option<SocketAddr>,
+) {
+    let c = core.config();
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    let mut line = |name: &str, value: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "{name} {value}");
+    };
+    line("group", &net.group);
+    line("port", &net.port);
+    line("iface", &net.iface);
+    let control = control.map_or("off".to_string(), |a| a.to_string());
+    line("control", &control);
+    line("max_control", &net.max_control);
+    line("control_auth", &on_off(net.control_token.is_some()));
+    line("distribution", &core.mode());
+    line("key_bits", &(core.key().modulus_len() * 8));
+    line("key_fingerprint", &core.key().fingerprint_hex());
+    line("client_timeout_ms", &c.client_timeout.as_millis());
+    line("keepalive_interval_ms", &c.keepalive_interval.as_millis());
+    line("max_clients", &c.max_clients);
+    let r = &c.reassembly;
+    line("reassembly_timeout_ms", &r.timeout.as_millis());
+    line("reassembly_per_client_messages", &r.per_owner_messages);
+    line("reassembly_per_client_bytes", &r.per_owner_bytes);
+    line("reassembly_total_bytes", &r.total_bytes);
+    line("token_ttl_s", &c.token_ttl.as_secs());
+    line("max_clock_skew_s", &c.max_clock_skew.as_secs());
+    line("handshakes_per_sec", &c.handshakes_per_sec);
+    line(
+        "handshakes_per_source_per_sec",
+        &c.handshakes_per_source_per_sec,
+    );
+    line("max_pending_handshakes", &c.max_pending_registrations);
+    line("cookie_lifetime_ms", &c.cookie_lifetime.as_millis());
+    line("send_queue_bytes", &c.max_send_queue);
+    let admission = c
+        .admission
+        .as_ref()
+        .map_or("off".to_string(), |a| format!("on ({} names)", a.len()));
+    line("admission", &admission);
+}

@@ -1,0 +1,266 @@
+//! How a message reaches the other members: the seam between the core and a distribution
+//! strategy.
+//!
+//! The core decides *what* to send (a relayed message, a join or leave notice, shutdown) and
+//! *when*; a [`Distribution`] decides *how*. [`Unicast`] is today's strategy: the message is
+//! sealed again for every recipient under that recipient's own key and sent to it alone.
+//! Group mode plugs in beside it as a second implementation (one multicast datagram under a
+//! group key, with `Unicast` as its fallback for members that cannot read the group); the
+//! core calls the same hooks either way and never asks which mode it is in.
+
+use std::fmt;
+
+use super::outbox::{Outbox, Sealed};
+use super::session::Sessions;
+use super::stats::Telemetry;
+use crate::crypto::fernet;
+use crate::crypto::rng::Rng;
+use crate::wire::{self, Body};
+
+/// What a strategy may touch while it distributes one thing.
+pub(crate) struct Cx<'a> {
+    pub(crate) sessions: &'a mut Sessions,
+    pub(crate) out: &'a mut Outbox,
+    pub(crate) rng: &'a mut Rng,
+    pub(crate) tel: &'a mut Telemetry,
+    /// Wall clock (Unix seconds) for token timestamps.
+    pub(crate) unix: u64,
+    /// Reusable plaintext buffer.
+    pub(crate) plain: &'a mut Vec<u8>,
+}
+
+/// A distribution strategy. Every method is called with the session table already updated
+/// (a joiner is in it, a leaver is gone).
+pub(crate) trait Distribution: fmt::Debug {
+    /// The mode's name, as `config` and `stats` show it.
+    fn mode(&self) -> &'static str;
+
+    /// Deliver the message `data` of the client in slot `from` to every other member, tagged
+    /// with the sender's id and name. Returns how many copies were queued.
+    fn relay(&mut self, cx: &mut Cx<'_>, from: usize, data: &[u8]) -> u64;
+
+    /// Tell every member but `except` about a change: JOIN, LEAVE or SHUTDOWN.
+    fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>);
+
+    /// A member joined (slot `slot`); called after its WELCOME was queued.
+    fn joined(&mut self, _cx: &mut Cx<'_>, _slot: usize) {}
+
+    /// Member `id` left (it is no longer in the table).
+    fn left(&mut self, _cx: &mut Cx<'_>, _id: u32) {}
+}
+
+/// Per-recipient fan-out: one sealed copy per member, each under its own key.
+#[derive(Debug, Default)]
+pub(crate) struct Unicast;
+
+impl Distribution for Unicast {
+    fn mode(&self) -> &'static str {
+        "unicast"
+    }
+
+    fn relay(&mut self, cx: &mut Cx<'_>, from: usize, data: &[u8]) -> u64 {
+        let Some(sender) = cx.sessions.get(from) else {
+            return 0;
+        };
+        cx.plain.clear();
+        // Disjoint borrows: no copy of the sender's name per message.
+        let body = Body::Message {
+            sender: sender.id,
+            name: sender.name.as_deref().map(str::as_bytes),
+            data,
+        };
+        wire::write_inner(cx.plain, 0, &body);
+        seal_to_all(cx, Some(from))
+    }
+
+    fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>) {
+        cx.plain.clear();
+        wire::write_inner(cx.plain, 0, body);
+        seal_to_all(cx, except);
+    }
+}
+
+/// Seal `cx.plain` for every session but `except`; returns how many were queued. Iterates
+/// slab slots (dense below the capacity) so nothing is allocated.
+///
+/// Version-2 recipients of a single-datagram token go in batches of four: each token is laid
+/// out in the outbox first (header, plaintext, room for the tag), then four are encrypted and
+/// signed together ([`fernet::finish_raw_x4`]), the rest one by one.
+pub(crate) fn seal_to_all(cx: &mut Cx<'_>, except: Option<usize>) -> u64 {
+    let raw_len = fernet::raw_token_len(cx.plain.len());
+    let mut batch = [(0usize, 0usize); 4]; // (slot, token offset in the outbox)
+    let mut held = 0;
+    let mut queued = 0;
+    for slot in 0..cx.sessions.capacity() {
+        if Some(slot) == except {
+            continue;
+        }
+        let Some(s) = cx.sessions.get_mut(slot) else {
+            continue;
+        };
+        match cx
+            .out
+            .seal(s, cx.plain, cx.rng, cx.unix, true, &mut cx.tel.stats)
+        {
+            Sealed::Dropped => {}
+            Sealed::Done => queued += 1,
+            Sealed::Pending(at) => {
+                queued += 1;
+                batch[held] = (slot, at);
+                held += 1;
+                if held == 4 {
+                    finish_batch(cx.sessions, cx.out, &batch, raw_len);
+                    held = 0;
+                }
+            }
+        }
+    }
+    for &(slot, at) in &batch[..held] {
+        if let Some(s) = cx.sessions.get(slot) {
+            fernet::finish_raw(s.channel.key(), cx.out.token_mut(at, raw_len));
+        }
+    }
+    queued
+}
+
+/// Encrypt and sign four pending tokens (outbox offsets ascending).
+fn finish_batch(
+    sessions: &Sessions,
+    out: &mut Outbox,
+    batch: &[(usize, usize); 4],
+    raw_len: usize,
+) {
+    let [(s0, a0), (s1, a1), (s2, a2), (s3, a3)] = *batch;
+    let key = |slot: usize| sessions.get(slot).map(|s| s.channel.key());
+    let (Some(k0), Some(k1), Some(k2), Some(k3)) = (key(s0), key(s1), key(s2), key(s3)) else {
+        return; // unreachable: the slots were sealed for just now
+    };
+    let buf = out.tail_mut(a0);
+    let (t0, rest) = buf.split_at_mut(a1 - a0);
+    let (t1, rest) = rest.split_at_mut(a2 - a1);
+    let (t2, t3) = rest.split_at_mut(a3 - a2);
+    fernet::finish_raw_x4(
+        [k0, k1, k2, k3],
+        [
+            &mut t0[..raw_len],
+            &mut t1[..raw_len],
+            &mut t2[..raw_len],
+            &mut t3[..raw_len],
+        ],
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::fernet::FernetKey;
+    use crate::proto::channel::Channel;
+    use crate::wire::Outer;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    struct World {
+        sessions: Sessions,
+        out: Outbox,
+        rng: Rng,
+        tel: Telemetry,
+        plain: Vec<u8>,
+        keys: Vec<FernetKey>,
+    }
+
+    /// `v1` version-1 members and `v2` version-2 members, keys `[i; 32]`.
+    fn world(v1: usize, v2: usize) -> World {
+        let now = Instant::now();
+        let mut rng = Rng::from_seed([4; 32]);
+        let mut sessions = Sessions::new();
+        let mut keys = Vec::new();
+        for i in 0..v1 + v2 {
+            let key = FernetKey::from_bytes(&[i as u8 + 1; 32]);
+            keys.push(key.clone());
+            let version = if i < v1 { 1 } else { 2 };
+            let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+            sessions.insert(addr, Channel::new(version, key, &mut rng), None, now);
+        }
+        World {
+            sessions,
+            out: Outbox::new(1 << 20),
+            rng,
+            tel: Telemetry::new(now),
+            plain: Vec::new(),
+            keys,
+        }
+    }
+
+    impl World {
+        fn cx(&mut self) -> Cx<'_> {
+            Cx {
+                sessions: &mut self.sessions,
+                out: &mut self.out,
+                rng: &mut self.rng,
+                tel: &mut self.tel,
+                unix: 1_700_000_000,
+                plain: &mut self.plain,
+            }
+        }
+
+        /// Every queued datagram opened with its recipient's key: (port, body bytes).
+        fn opened(&self) -> Vec<(u16, Vec<u8>)> {
+            self.out
+                .transmits()
+                .map(|(to, d)| {
+                    let i = usize::from(to.port() - 1000);
+                    let Ok(Outer::Sealed { token }) = Outer::parse(d) else {
+                        panic!("not sealed");
+                    };
+                    let (mut scratch, mut plain) = (Vec::new(), Vec::new());
+                    let binary = token.first() == Some(&0x80);
+                    fernet::open_into(binary, &self.keys[i], token, &mut scratch, &mut plain)
+                        .expect("opens under the recipient's key");
+                    match wire::parse_inner(&plain) {
+                        Ok((_, Body::Message { data, .. })) => (to.port(), data.to_vec()),
+                        Ok((_, b)) => (to.port(), format!("{b:?}").into_bytes()),
+                        Err(e) => panic!("bad plaintext: {e}"),
+                    }
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn every_member_but_the_sender_gets_one_copy_under_its_own_key() {
+        // 2 version-1 members and 11 version-2 members: two batches of four and three alone.
+        let mut w = world(2, 11);
+        let n = Unicast.relay(&mut w.cx(), 0, b"hi");
+        assert_eq!(n, 12);
+        let got = w.opened();
+        assert_eq!(got.len(), 12);
+        assert!(
+            got.iter()
+                .all(|(port, body)| *port != 1000 && body == b"hi")
+        );
+        let mut ports: Vec<_> = got.iter().map(|(p, _)| *p).collect();
+        ports.dedup();
+        assert_eq!(ports.len(), 12);
+    }
+
+    #[test]
+    fn announcements_reach_everyone_but_the_exception() {
+        let mut w = world(1, 3);
+        Unicast.announce(&mut w.cx(), None, &Body::Shutdown);
+        assert_eq!(w.opened().len(), 4);
+        let mut w = world(1, 3);
+        let join = Body::Join { id: 4, name: None };
+        Unicast.announce(&mut w.cx(), Some(3), &join);
+        let got = w.opened();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|(port, _)| *port != 1003));
+    }
+
+    #[test]
+    fn a_missing_sender_relays_nothing() {
+        let mut w = world(0, 2);
+        assert_eq!(Unicast.relay(&mut w.cx(), 7, b"x"), 0);
+        assert!(!w.out.has_transmits());
+        assert_eq!(Unicast.mode(), "unicast");
+    }
+}

@@ -1,0 +1,263 @@
+//! Sessions: who is registered, by slot, address and id, and when each was last heard from.
+//!
+//! [`Sessions`] owns the slab and the address index and keeps them consistent; nothing else
+//! may insert or remove. Slots are dense below [`Sessions::capacity`], so fan-out iterates
+//! them without allocating.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::proto::channel::Channel;
+
+/// One registered client.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) id: u32,
+    pub(crate) addr: SocketAddr,
+    pub(crate) channel: Channel,
+    pub(crate) name: Option<String>,
+    pub(crate) since: Instant,
+    pub(crate) last_seen: Instant,
+    pub(crate) msgs_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) msgs_out: u64,
+    pub(crate) bytes_out: u64,
+}
+
+/// What the control port and the host see of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Client id (unique during one run of the relay).
+    pub id: u32,
+    /// Its source address.
+    pub addr: SocketAddr,
+    /// Its admission name, with `--clients-file`.
+    pub name: Option<String>,
+    /// When it registered.
+    pub since: Instant,
+    /// When it was last heard from.
+    pub last_seen: Instant,
+    /// Messages received from it.
+    pub msgs_in: u64,
+    /// Bytes of those messages on the wire.
+    pub bytes_in: u64,
+    /// Tokens sent to it.
+    pub msgs_out: u64,
+    /// Bytes of those tokens on the wire.
+    pub bytes_out: u64,
+}
+
+impl Session {
+    pub(crate) fn info(&self) -> ClientInfo {
+        ClientInfo {
+            id: self.id,
+            addr: self.addr,
+            name: self.name.clone(),
+            since: self.since,
+            last_seen: self.last_seen,
+            msgs_in: self.msgs_in,
+            bytes_in: self.bytes_in,
+            msgs_out: self.msgs_out,
+            bytes_out: self.bytes_out,
+        }
+    }
+}
+
+/// Result of a liveness check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// The slot is empty or holds another session now: nothing to do.
+    Gone,
+    /// Silent for the whole timeout.
+    Expired,
+    /// Heard from recently: check again at this instant.
+    AliveUntil(Instant),
+}
+
+/// The session table.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    slab: Slab<Session>,
+    by_addr: HashMap<SocketAddr, usize>,
+    next_id: u32,
+}
+
+impl Sessions {
+    pub(crate) fn new() -> Self {
+        Sessions {
+            slab: Slab::new(),
+            by_addr: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Every occupied slot is below this.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slab.capacity()
+    }
+
+    pub(crate) fn get(&self, slot: usize) -> Option<&Session> {
+        self.slab.get(slot)
+    }
+
+    pub(crate) fn get_mut(&mut self, slot: usize) -> Option<&mut Session> {
+        self.slab.get_mut(slot)
+    }
+
+    pub(crate) fn slot_of(&self, addr: &SocketAddr) -> Option<usize> {
+        self.by_addr.get(addr).copied()
+    }
+
+    /// The slot of client `id` (a scan: operator actions only).
+    pub(crate) fn slot_of_id(&self, id: u32) -> Option<usize> {
+        self.slab.iter().find(|(_, s)| s.id == id).map(|(k, _)| k)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Session)> + '_ {
+        self.slab.iter()
+    }
+
+    /// Register a new session at `addr` (which must have none); returns its slot. Ids start
+    /// at 1, grow by one and are never reused while the relay runs (0 is skipped on wrap).
+    pub(crate) fn insert(
+        &mut self,
+        addr: SocketAddr,
+        channel: Channel,
+        name: Option<String>,
+        now: Instant,
+    ) -> usize {
+        debug_assert!(!self.by_addr.contains_key(&addr));
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let slot = self.slab.insert(Session {
+            id,
+            addr,
+            channel,
+            name,
+            since: now,
+            last_seen: now,
+            msgs_in: 0,
+            bytes_in: 0,
+            msgs_out: 0,
+            bytes_out: 0,
+        });
+        self.by_addr.insert(addr, slot);
+        slot
+    }
+
+    /// Remove the session in `slot`, if any.
+    pub(crate) fn remove(&mut self, slot: usize) -> Option<Session> {
+        let s = self.slab.try_remove(slot)?;
+        self.by_addr.remove(&s.addr);
+        Some(s)
+    }
+
+    /// Forget every session (shutdown), returning their ids.
+    pub(crate) fn clear(&mut self) -> Vec<u32> {
+        let ids = self.slab.iter().map(|(_, s)| s.id).collect();
+        self.slab.clear();
+        self.by_addr.clear();
+        ids
+    }
+
+    /// Is the session in `slot` (if it is still `id`) past its `timeout`?
+    pub(crate) fn liveness(
+        &self,
+        slot: usize,
+        id: u32,
+        now: Instant,
+        timeout: Duration,
+    ) -> Liveness {
+        match self.slab.get(slot).filter(|s| s.id == id) {
+            None => Liveness::Gone,
+            Some(s) if s.last_seen + timeout <= now => Liveness::Expired,
+            Some(s) => Liveness::AliveUntil(s.last_seen + timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::fernet::FernetKey;
+    use crate::crypto::rng::Rng;
+
+    fn channel() -> Channel {
+        Channel::new(
+            2,
+            FernetKey::from_bytes(&[1; 32]),
+            &mut Rng::from_seed([2; 32]),
+        )
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn slots_addresses_and_ids_stay_consistent() {
+        let now = Instant::now();
+        let mut s = Sessions::new();
+        let a = s.insert(addr(1), channel(), None, now);
+        let b = s.insert(addr(2), channel(), Some("bob".into()), now);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.slot_of(&addr(2)), Some(b));
+        assert_eq!(s.get(a).map(|x| x.id), Some(1));
+        assert_eq!(s.slot_of_id(2), Some(b));
+        let gone = s.remove(a).map(|x| x.id);
+        assert_eq!(gone, Some(1));
+        assert_eq!(s.slot_of(&addr(1)), None);
+        assert!(s.remove(a).is_none(), "removing twice is harmless");
+        // The slot is reused, the id is not.
+        let c = s.insert(addr(3), channel(), None, now);
+        assert_eq!(c, a);
+        assert_eq!(s.get(c).map(|x| x.id), Some(3));
+        assert_eq!(s.clear(), vec![3, 2]);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.slot_of(&addr(2)), None);
+    }
+
+    #[test]
+    fn ids_skip_zero_on_wrap() {
+        let now = Instant::now();
+        let mut s = Sessions::new();
+        s.next_id = u32::MAX;
+        let a = s.insert(addr(1), channel(), None, now);
+        let b = s.insert(addr(2), channel(), None, now);
+        assert_eq!(s.get(a).map(|x| x.id), Some(u32::MAX));
+        assert_eq!(s.get(b).map(|x| x.id), Some(1));
+    }
+
+    #[test]
+    fn liveness_follows_last_seen_and_ignores_stale_slots() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(30);
+        let mut s = Sessions::new();
+        let a = s.insert(addr(1), channel(), None, t0);
+        assert_eq!(
+            s.liveness(a, 1, t0 + Duration::from_secs(10), timeout),
+            Liveness::AliveUntil(t0 + timeout)
+        );
+        if let Some(x) = s.get_mut(a) {
+            x.last_seen = t0 + Duration::from_secs(20);
+        }
+        assert_eq!(
+            s.liveness(a, 1, t0 + timeout, timeout),
+            Liveness::AliveUntil(t0 + Duration::from_secs(50))
+        );
+        assert_eq!(
+            s.liveness(a, 1, t0 + Duration::from_secs(50), timeout),
+            Liveness::Expired
+        );
+        assert_eq!(s.liveness(a, 99, t0, timeout), Liveness::Gone);
+        s.remove(a);
+        assert_eq!(s.liveness(a, 1, t0, timeout), Liveness::Gone);
+    }
+}
