@@ -32,6 +32,12 @@ pub struct CookieJar {
     lifetime_ms: u64,
 }
 
+impl Drop for CookieJar {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secrets);
+    }
+}
+
 impl std::fmt::Debug for CookieJar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CookieJar {{ epoch: {}, .. }}", self.epoch)
@@ -55,12 +61,16 @@ impl CookieJar {
         if epoch <= self.epoch {
             return false;
         }
-        self.secrets[1] = if epoch == self.epoch + 1 {
+        let mut previous = if epoch == self.epoch + 1 {
             self.secrets[0]
         } else {
             fresh()
         };
-        self.secrets[0] = fresh();
+        let mut current = fresh();
+        self.secrets[1].copy_from_slice(&previous);
+        self.secrets[0].copy_from_slice(&current);
+        zeroize::Zeroize::zeroize(&mut previous);
+        zeroize::Zeroize::zeroize(&mut current);
         self.epoch = epoch;
         true
     }

@@ -33,6 +33,7 @@ use core::fmt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 /// Version byte of the only Fernet version this codec speaks.
 pub const VERSION: u8 = 0x80;
@@ -137,6 +138,16 @@ impl FernetKey {
     }
 }
 
+impl Drop for FernetKey {
+    /// The raw key halves are erased here; the HMAC state and the AES schedule erase
+    /// themselves (the `zeroize` features of `hmac`/`sha2` and `aes`), the multi-buffer HMAC
+    /// state in its own `Drop`.
+    fn drop(&mut self) {
+        self.signing.zeroize();
+        self.encryption.zeroize();
+    }
+}
+
 impl fmt::Debug for FernetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FernetKey { .. }")
@@ -176,7 +187,7 @@ impl FernetKey {
         match base64::decode_to_slice(text, &mut raw) {
             Ok(32) => {
                 let key = FernetKey::from_bytes(raw[..32].try_into().expect("32 bytes"));
-                raw.fill(0);
+                raw.zeroize();
                 Ok(key)
             }
             _ => Err(FernetError::BadKey),
@@ -188,7 +199,7 @@ impl FernetKey {
         let mut raw = [0u8; 32];
         rng.fill(&mut raw);
         let key = FernetKey::from_bytes(&raw);
-        raw.fill(0);
+        raw.zeroize();
         key
     }
 
@@ -207,7 +218,7 @@ impl FernetKey {
         let mut raw = self.to_bytes();
         let mut out = [0u8; KEY_B64_LEN];
         base64::encode_to_slice(&raw, &mut out).expect("44 bytes hold 32 encoded");
-        raw.fill(0);
+        raw.zeroize();
         out
     }
 

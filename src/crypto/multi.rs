@@ -53,6 +53,7 @@
 #![allow(unsafe_code)]
 
 use core::fmt;
+use zeroize::Zeroize;
 
 /// True when the CPU has everything the kernels need: AES-NI, SHA-NI, SSE2, SSSE3 and
 /// SSE4.1. Detected once and cached; always false on architectures other than x86_64.
@@ -175,6 +176,13 @@ pub struct HmacKey {
     outer: [u32; 8],
 }
 
+impl Drop for HmacKey {
+    fn drop(&mut self) {
+        self.inner.zeroize();
+        self.outer.zeroize();
+    }
+}
+
 impl fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("HmacKey { .. }")
@@ -204,8 +212,8 @@ impl HmacKey {
         };
         let inner = state(0x36);
         let outer = state(0x5c);
-        block.fill(0);
-        pad.fill(0);
+        block.zeroize();
+        pad.zeroize();
         HmacKey { inner, outer }
     }
 }

@@ -46,6 +46,7 @@ use aes::Aes256Enc;
 use aes::cipher::array::Array;
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use core::fmt;
+use zeroize::Zeroize;
 
 /// Blocks of keystream produced per refill.
 const BATCH_BLOCKS: usize = 64;
@@ -68,6 +69,14 @@ pub struct Rng {
     os_reseed: bool,
 }
 
+impl Drop for Rng {
+    /// The AES-256 schedule erases itself (`aes`'s `zeroize` feature); the unused keystream
+    /// is erased here.
+    fn drop(&mut self) {
+        self.buf.zeroize();
+    }
+}
+
 impl fmt::Debug for Rng {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rng")
@@ -86,7 +95,7 @@ impl Rng {
         let mut seed = [0u8; KEY_LEN];
         getrandom::fill(&mut seed)?;
         let mut rng = Rng::from_seed(seed);
-        seed.fill(0);
+        seed.zeroize();
         rng.os_reseed = true;
         Ok(rng)
     }
@@ -109,13 +118,13 @@ impl Rng {
     fn refill(&mut self) {
         let (blocks, _) = Array::slice_as_chunks_mut(&mut self.buf);
         for (i, b) in blocks.iter_mut().enumerate() {
-            b.fill(0);
+            b.fill(0); // a counter block, not a secret
             b[..8].copy_from_slice(&(i as u64).to_le_bytes());
         }
         self.cipher.encrypt_blocks(blocks);
         let mut key = [0u8; KEY_LEN];
         key.copy_from_slice(&self.buf[..KEY_LEN]);
-        self.buf[..KEY_LEN].fill(0);
+        self.buf[..KEY_LEN].zeroize();
         self.blocks += BATCH_BLOCKS as u64;
         if self.os_reseed && self.blocks >= RESEED_INTERVAL_BLOCKS {
             let mut fresh = [0u8; KEY_LEN];
@@ -123,12 +132,12 @@ impl Rng {
                 for (k, f) in key.iter_mut().zip(&fresh) {
                     *k ^= *f;
                 }
-                fresh.fill(0);
+                fresh.zeroize();
             }
             self.blocks = 0;
         }
         self.cipher = Aes256Enc::new(&Array::from(key));
-        key.fill(0);
+        key.zeroize();
         self.pos = KEY_LEN;
     }
 
@@ -143,6 +152,8 @@ impl Rng {
             let (now, later) = dest.split_at_mut(n);
             let src = &mut self.buf[self.pos..self.pos + n];
             now.copy_from_slice(src);
+            // Erase what was handed out (fast key erasure). `buf` lives on in `self`, so a
+            // plain fill cannot be optimised away; this is the hot path (one IV per token).
             src.fill(0);
             self.pos += n;
             dest = later;
