@@ -1,5 +1,6 @@
-//! `cargo run --release --example bench -- [FLAGS]`: the relay against a plaintext baseline,
-//! on loopback multicast, in the same run (issue 5; see docs/performance.md).
+//! `cargo run --release --features internals --example bench -- [FLAGS]`: the relay against a
+//! plaintext baseline, on loopback multicast, in the same run (issue 5; see
+//! docs/performance.md).
 //!
 //! What runs:
 //! * the system under test on its own thread: the relay (`RelayCore` + `driver::Relay` in a
@@ -140,7 +141,7 @@ struct Opts {
 }
 
 const USAGE: &str = "\
-cargo run --release --example bench -- [FLAGS]
+cargo run --release --features internals --example bench -- [FLAGS]
 
   --clients N        clients, each with its own socket and handshake (100)
   --senders K        of which K send, round-robin (1: one source, N-1 recipients per message)

@@ -1,7 +1,7 @@
 //! Micro benchmark of the multi-buffer kernels in `mcrelay::crypto::multi` against the
 //! RustCrypto path that `crypto::fernet` uses today, in one process.
 //!
-//! `cargo run --release --example multi_micro -- [--iters 200000] [--reps 5]`
+//! `cargo run --release --features internals --example multi_micro -- [--iters 200000] [--reps 5]`
 //!
 //! Workloads, per stream (one stream = one recipient), each stream with its own key:
 //! * AES-128-CBC of a 144-byte payload (9 blocks), key expansion included: the `cbc` crate's
