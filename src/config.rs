@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use crate::proto::reassembly::Limits;
@@ -46,6 +46,51 @@ pub struct Config {
     pub max_send_queue: usize,
     /// `name -> token` admission list; `None` admits anyone who completes the handshake.
     pub admission: Option<HashMap<String, String>>,
+    /// How messages reach the members.
+    pub distribution: Distribution,
+}
+
+/// How messages reach the members (docs/protocol.md §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Distribution {
+    /// Each message is sealed again for each recipient and sent to it alone.
+    Unicast,
+    /// Each message is sent once, to a multicast group, under a rotating group key;
+    /// version 1 and 2 members (and members still waiting for a key) get unicast copies.
+    Group(GroupConfig),
+}
+
+/// Group mode's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// The distribution group the relay sends to (default: the ingest group, port + 1).
+    pub addr: SocketAddrV4,
+    /// A join starts a new epoch too (by the one-way ratchet), so a newcomer cannot read what
+    /// was sent before it joined.
+    pub rekey_on_join: bool,
+    /// How long members keep the previous epoch's key after installing a new one.
+    pub grace: Duration,
+    /// Start a new epoch (by the ratchet) after this many group tokens.
+    pub rotate_messages: u64,
+    /// Start a new epoch (by the ratchet) after this long.
+    pub rotate_age: Duration,
+    /// First retry of an unacknowledged key delivery (doubling up to 2 s).
+    pub key_resend: Duration,
+}
+
+impl GroupConfig {
+    /// The defaults for a relay whose ingest group is `ingest` (distribution group: the same
+    /// address, port + 1).
+    pub fn for_ingest(ingest: SocketAddrV4) -> Self {
+        GroupConfig {
+            addr: SocketAddrV4::new(*ingest.ip(), ingest.port().wrapping_add(1)),
+            rekey_on_join: true,
+            grace: Duration::from_secs(2),
+            rotate_messages: 1 << 20,
+            rotate_age: Duration::from_secs(3600),
+            key_resend: Duration::from_millis(200),
+        }
+    }
 }
 
 impl Default for Config {
@@ -64,6 +109,7 @@ impl Default for Config {
             cookie_rotation: Duration::from_secs(60),
             max_send_queue: 4 << 20,
             admission: None,
+            distribution: Distribution::Unicast,
         }
     }
 }
@@ -121,7 +167,28 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_timers()?;
         self.validate_caps()?;
-        self.validate_admission()
+        self.validate_admission()?;
+        if let Distribution::Group(g) = &self.distribution {
+            g.validate(self.client_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// The checks that need both settings: the distribution group must not be the group the
+    /// relay listens on (it would hear its own sends and members every client's datagrams).
+    pub fn validate_with(&self, net: &NetConfig) -> Result<(), ConfigError> {
+        self.validate()?;
+        net.validate()?;
+        if let Distribution::Group(g) = &self.distribution
+            && *g.addr.ip() == net.group
+            && g.addr.port() == net.port
+        {
+            return Err(ConfigError::new(
+                "distribution.addr",
+                "must differ from the ingest group and port (default: port + 1)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_timers(&self) -> Result<(), ConfigError> {
@@ -217,6 +284,36 @@ impl Config {
     }
 }
 
+impl GroupConfig {
+    fn validate(&self, client_timeout: Duration) -> Result<(), ConfigError> {
+        if !self.addr.ip().is_multicast() || self.addr.port() == 0 {
+            return Err(ConfigError::new(
+                "distribution.addr",
+                format!("{} is not a multicast group and port", self.addr),
+            ));
+        }
+        if self.grace > Duration::from_secs(60) {
+            return Err(ConfigError::new("distribution.grace", "must be at most 60s"));
+        }
+        if self.rotate_messages == 0 {
+            return Err(ConfigError::new(
+                "distribution.rotate_messages",
+                "must be at least 1",
+            ));
+        }
+        if self.rotate_age.is_zero() {
+            return Err(ConfigError::new("distribution.rotate_age", "must be positive"));
+        }
+        if self.key_resend.is_zero() || self.key_resend >= client_timeout {
+            return Err(ConfigError::new(
+                "distribution.key_resend",
+                "must be positive and shorter than client_timeout",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Most operators the control port serves at once.
 pub const MAX_CONTROL_LIMIT: usize = 1024;
 
@@ -235,6 +332,8 @@ pub struct NetConfig {
     pub max_control: usize,
     /// `auth <token>` required when set.
     pub control_token: Option<String>,
+    /// Multicast TTL of what the relay sends to a group (group mode); 0 never leaves the host.
+    pub ttl: u32,
 }
 
 impl Default for NetConfig {
@@ -246,6 +345,7 @@ impl Default for NetConfig {
             control: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5008))),
             max_control: 8,
             control_token: None,
+            ttl: 1,
         }
     }
 }
@@ -273,6 +373,9 @@ impl NetConfig {
                 "iface",
                 format!("{} is not the address of an interface", self.iface),
             ));
+        }
+        if self.ttl > 255 {
+            return Err(ConfigError::new("ttl", "must be 0..=255"));
         }
         if self.max_control == 0 || self.max_control > MAX_CONTROL_LIMIT {
             return Err(ConfigError::new(
@@ -463,6 +566,43 @@ mod tests {
             ..open
         };
         assert_eq!(with_token.validate(), Ok(()));
+    }
+
+    #[test]
+    fn group_settings_are_checked_alone_and_against_the_ingest_group() {
+        let net = NetConfig::default();
+        let g = GroupConfig::for_ingest(SocketAddrV4::new(net.group, net.port));
+        assert_eq!(g.addr.port(), 5008);
+        let cfg = |g: GroupConfig| Config {
+            distribution: Distribution::Group(g),
+            ..Config::default()
+        };
+        assert_eq!(cfg(g.clone()).validate_with(&net), Ok(()));
+        let same = GroupConfig {
+            addr: SocketAddrV4::new(net.group, net.port),
+            ..g.clone()
+        };
+        let field = |c: Config| c.validate_with(&net).expect_err("refused").field;
+        assert_eq!(field(cfg(same)), "distribution.addr");
+        let unicast = GroupConfig {
+            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9),
+            ..g.clone()
+        };
+        assert_eq!(field(cfg(unicast)), "distribution.addr");
+        let slow = GroupConfig {
+            key_resend: Duration::from_secs(60),
+            ..g.clone()
+        };
+        assert_eq!(field(cfg(slow)), "distribution.key_resend");
+        let never = GroupConfig {
+            rotate_messages: 0,
+            ..g
+        };
+        assert_eq!(field(cfg(never)), "distribution.rotate_messages");
+        assert_eq!(
+            NetConfig { ttl: 256, ..net }.validate().unwrap_err().field,
+            "ttl"
+        );
     }
 
     #[test]

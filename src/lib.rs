@@ -64,7 +64,7 @@ mod error;
 pub mod proto;
 pub mod wire;
 
-pub use config::{Config, ConfigError, MAX_CONTROL_LIMIT, NetConfig};
+pub use config::{Config, ConfigError, Distribution, GroupConfig, MAX_CONTROL_LIMIT, NetConfig};
 pub use core::{ClientInfo, DropReason, KickTarget, RelayCore, RelayEvent, Stats};
 pub use crypto::key::ServerKey;
 pub use crypto::rng::Rng;

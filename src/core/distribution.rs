@@ -2,23 +2,26 @@
 //! strategy.
 //!
 //! The core decides *what* to send (a relayed message, a join or leave notice, shutdown) and
-//! *when*; a [`Distribution`] decides *how*. [`Unicast`] is today's strategy: the message is
-//! sealed again for every recipient under that recipient's own key and sent to it alone.
-//! Group mode plugs in beside it as a second implementation (one multicast datagram under a
-//! group key, with `Unicast` as its fallback for members that cannot read the group); the
-//! core calls the same hooks either way and never asks which mode it is in.
+//! *when*; a [`Strategy`] decides *how*. [`Unicast`] seals the message again for every
+//! recipient under that recipient's own key and sends it to it alone; `Group`
+//! (`core/group.rs`) sends it once to a multicast group under a group key and uses the same
+//! per-recipient path ([`seal_to`]) for members that cannot read the group. The core calls the
+//! same hooks either way and never asks which mode it is in.
 
 use std::fmt;
+use std::time::Instant;
 
 use super::outbox::{Outbox, Sealed};
-use super::session::Sessions;
+use super::session::{Session, Sessions};
 use super::stats::Telemetry;
 use crate::crypto::fernet;
 use crate::crypto::rng::Rng;
-use crate::wire::{self, Body};
+use crate::wire::{self, Body, Dist};
 
 /// What a strategy may touch while it distributes one thing.
 pub(crate) struct Cx<'a> {
+    /// The current time.
+    pub(crate) now: Instant,
     pub(crate) sessions: &'a mut Sessions,
     pub(crate) out: &'a mut Outbox,
     pub(crate) rng: &'a mut Rng,
@@ -30,32 +33,70 @@ pub(crate) struct Cx<'a> {
 }
 
 /// A distribution strategy. Every method is called with the session table already updated
-/// (a joiner is in it, a leaver is gone).
-pub(crate) trait Distribution: fmt::Debug {
-    /// The mode's name, as `config` and `stats` show it.
+/// (a joiner is in it, a leaver is gone). The defaults are what a strategy without group
+/// state does: nothing.
+pub(crate) trait Strategy: fmt::Debug {
+    /// The mode's name, as `config` shows it.
     fn mode(&self) -> &'static str;
 
+    /// What a version-3 WELCOME tells the member (DIST).
+    fn dist(&self) -> Dist;
+
     /// Deliver the message `data` of the client in slot `from` to every other member, tagged
-    /// with the sender's id and name. Returns how many copies were queued.
+    /// with the sender's id and name. Returns how many members it was delivered to.
     fn relay(&mut self, cx: &mut Cx<'_>, from: usize, data: &[u8]) -> u64;
 
     /// Tell every member but `except` about a change: JOIN, LEAVE or SHUTDOWN.
     fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>);
 
-    /// A member joined (slot `slot`); called after its WELCOME was queued.
-    fn joined(&mut self, _cx: &mut Cx<'_>, _slot: usize) {}
+    /// A member joined (slot `slot`), or registered again with its key (`again`: its WELCOME
+    /// was lost); called after its WELCOME was queued.
+    fn joined(&mut self, _cx: &mut Cx<'_>, _slot: usize, _again: bool) {}
 
-    /// Member `id` left (it is no longer in the table).
-    fn left(&mut self, _cx: &mut Cx<'_>, _id: u32) {}
+    /// Member `id`, in slot `slot`, left (it is no longer in the table).
+    fn left(&mut self, _cx: &mut Cx<'_>, _slot: usize, _id: u32) {}
+
+    /// The member in `slot` acknowledged the group key of `epoch` (KEY_ACK).
+    fn key_ack(&mut self, _cx: &mut Cx<'_>, _slot: usize, _epoch: u32) {}
+
+    /// The member in `slot` saw `epoch` and holds no key for it (KEY_PULL).
+    fn key_pull(&mut self, _cx: &mut Cx<'_>, _slot: usize, _epoch: u32) {}
+
+    /// An operator asked for a new key now. False if the mode has none.
+    fn rekey(&mut self, _cx: &mut Cx<'_>) -> bool {
+        false
+    }
+
+    /// When [`Strategy::handle_timeout`] has work.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Run what is due (key retries, a rekey after leaves, rotation). Harmless early.
+    fn handle_timeout(&mut self, _cx: &mut Cx<'_>) {}
+
+    /// The current epoch (0 without group keys).
+    fn epoch(&self) -> u32 {
+        0
+    }
+
+    /// Members that have not acknowledged the current key yet.
+    fn pending_acks(&self) -> usize {
+        0
+    }
 }
 
 /// Per-recipient fan-out: one sealed copy per member, each under its own key.
 #[derive(Debug, Default)]
 pub(crate) struct Unicast;
 
-impl Distribution for Unicast {
+impl Strategy for Unicast {
     fn mode(&self) -> &'static str {
         "unicast"
+    }
+
+    fn dist(&self) -> Dist {
+        Dist::Unicast
     }
 
     fn relay(&mut self, cx: &mut Cx<'_>, from: usize, data: &[u8]) -> u64 {
@@ -80,24 +121,29 @@ impl Distribution for Unicast {
     }
 }
 
-/// Seal `cx.plain` for every session but `except`; returns how many were queued. Iterates
+/// Seal `cx.plain` for every session but `except`; returns how many were queued.
+pub(crate) fn seal_to_all(cx: &mut Cx<'_>, except: Option<usize>) -> u64 {
+    seal_to(cx, |slot, _| Some(slot) != except)
+}
+
+/// Seal `cx.plain` for every session `pick` accepts; returns how many were queued. Iterates
 /// slab slots (dense below the capacity) so nothing is allocated.
 ///
-/// Version-2 recipients of a single-datagram token go in batches of four: each token is laid
-/// out in the outbox first (header, plaintext, room for the tag), then four are encrypted and
-/// signed together ([`fernet::finish_raw_x4`]), the rest one by one.
-pub(crate) fn seal_to_all(cx: &mut Cx<'_>, except: Option<usize>) -> u64 {
+/// Binary (version 2 and 3) recipients of a single-datagram token go in batches of four: each
+/// token is laid out in the outbox first (header, plaintext, room for the tag), then four are
+/// encrypted and signed together ([`fernet::finish_raw_x4`]), the rest one by one.
+pub(crate) fn seal_to(cx: &mut Cx<'_>, mut pick: impl FnMut(usize, &Session) -> bool) -> u64 {
     let raw_len = fernet::raw_token_len(cx.plain.len());
     let mut batch = [(0usize, 0usize); 4]; // (slot, token offset in the outbox)
     let mut held = 0;
     let mut queued = 0;
     for slot in 0..cx.sessions.capacity() {
-        if Some(slot) == except {
-            continue;
-        }
         let Some(s) = cx.sessions.get_mut(slot) else {
             continue;
         };
+        if !pick(slot, s) {
+            continue;
+        }
         match cx
             .out
             .seal(s, cx.plain, cx.rng, cx.unix, true, &mut cx.tel.stats)
@@ -194,6 +240,7 @@ mod tests {
     impl World {
         fn cx(&mut self) -> Cx<'_> {
             Cx {
+                now: Instant::now(),
                 sessions: &mut self.sessions,
                 out: &mut self.out,
                 rng: &mut self.rng,

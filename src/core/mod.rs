@@ -9,6 +9,7 @@
 
 mod distribution;
 mod events;
+mod group;
 mod handshake;
 mod outbox;
 pub(crate) mod ratelimit;

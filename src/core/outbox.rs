@@ -12,7 +12,12 @@ use crate::core::session::Session;
 use crate::core::stats::{DropReason, Stats};
 use crate::crypto::fernet;
 use crate::crypto::rng::Rng;
-use crate::wire::{self, FRAGMENT_CHUNK, FRAGMENT_HEADER, Outer, TLV_HEADER, outer};
+use crate::proto::fragment;
+use crate::proto::group::EpochKey;
+use crate::wire::{
+    self, Body, FRAGMENT_CHUNK, FRAGMENT_HEADER, Outer, TLV_HEADER, V3_FRAGMENT_CHUNK, inner,
+    outer,
+};
 
 /// Capacity kept across flushes; beyond it the buffers shrink once drained.
 const KEEP_BYTES: usize = 256 * 1024;
@@ -89,6 +94,9 @@ impl Outbox {
         defer: bool,
         stats: &mut Stats,
     ) -> Sealed {
+        if s.channel.version() >= 3 && !fragment::fits(plain.len(), fragment::SEALED_OVERHEAD) {
+            return self.seal_pieces(s, plain, rng, unix, stats);
+        }
         let seq = s.channel.next_seq();
         plain[4..12].copy_from_slice(&seq.to_be_bytes());
         let token_len = s.channel.token_len(plain.len());
@@ -130,6 +138,118 @@ impl Outbox {
         s.msgs_out += 1;
         s.bytes_out += wire_bytes as u64;
         sealed
+    }
+
+    /// Version 3: the body of `plain` (after its SEQ) as FRAG pieces, each in a token of its
+    /// own with its own sequence number (protocol.md §6).
+    fn seal_pieces(
+        &mut self,
+        s: &mut Session,
+        plain: &[u8],
+        rng: &mut Rng,
+        unix: u64,
+        stats: &mut Stats,
+    ) -> Sealed {
+        let body = &plain[fragment::SEQ_TLV..];
+        let n = fragment::pieces(body.len());
+        let full = fernet::raw_token_len(fragment::SEQ_TLV + fragment::FRAG_OVERHEAD + V3_FRAGMENT_CHUNK);
+        let wire_bytes = n * (TLV_HEADER + full);
+        if n == 0 || !self.has_room(wire_bytes) {
+            stats.count_drop(DropReason::SendQueueFull);
+            return Sealed::Dropped;
+        }
+        let msg_id = s.channel.next_msg_id();
+        let mut piece = std::mem::take(&mut self.frag);
+        for (i, chunk) in fragment::chunks(body).enumerate() {
+            piece.clear();
+            let frag = Body::Frag {
+                msg_id,
+                index: i as u16,
+                count: n as u16,
+                chunk,
+            };
+            wire::write_inner(&mut piece, s.channel.next_seq(), &frag);
+            let start = self.buf.len();
+            wire::put_tlv_header(&mut self.buf, outer::SEALED, s.channel.token_len(piece.len()));
+            s.channel.seal_into(&rng.iv(), unix, &piece, &mut self.buf);
+            self.commit(s.addr, start);
+        }
+        self.frag = piece;
+        stats.fragments_out += n as u64;
+        s.msgs_out += 1;
+        s.bytes_out += wire_bytes as u64;
+        Sealed::Done
+    }
+
+    /// Version 3 group mode: seal the group item whose body is `body` (the TLVs after SEQ)
+    /// under `key` and queue it for the distribution group `to`, as one GROUP datagram or as
+    /// FRAG pieces. `next_gseq` numbers each token; returns the item's number (that of its
+    /// last token), or `None` if the queue is full (counted).
+    pub(crate) fn seal_group(
+        &mut self,
+        to: SocketAddr,
+        key: &EpochKey,
+        body: &[u8],
+        mut next_gseq: impl FnMut() -> u64,
+        (rng, unix): (&mut Rng, u64),
+        stats: &mut Stats,
+    ) -> Option<u64> {
+        let mut piece = std::mem::take(&mut self.frag);
+        let item = if fragment::fits(fragment::SEQ_TLV + body.len(), fragment::GROUP_OVERHEAD) {
+            piece.clear();
+            let g = next_gseq();
+            wire::put_tlv(&mut piece, inner::SEQ, &g.to_be_bytes());
+            piece.extend_from_slice(body);
+            self.push_group_token(to, key, &piece, (rng, unix), stats)
+                .then_some(g)
+        } else {
+            let n = fragment::pieces(body.len());
+            let msg_id = rng.next_u64() as u32;
+            let mut last = (n > 0).then_some(0);
+            for (i, chunk) in fragment::chunks(body).enumerate().take(n) {
+                piece.clear();
+                let frag = Body::Frag {
+                    msg_id,
+                    index: i as u16,
+                    count: n as u16,
+                    chunk,
+                };
+                let g = next_gseq();
+                wire::write_inner(&mut piece, g, &frag);
+                if !self.push_group_token(to, key, &piece, (rng, unix), stats) {
+                    last = None;
+                    break;
+                }
+                last = last.map(|_| g);
+            }
+            if last.is_some() {
+                stats.fragments_out += n as u64;
+            }
+            last
+        };
+        self.frag = piece;
+        item
+    }
+
+    fn push_group_token(
+        &mut self,
+        to: SocketAddr,
+        key: &EpochKey,
+        plain: &[u8],
+        (rng, unix): (&mut Rng, u64),
+        stats: &mut Stats,
+    ) -> bool {
+        let token_len = fernet::raw_token_len(plain.len());
+        if !self.has_room(fragment::GROUP_OVERHEAD + token_len) {
+            stats.count_drop(DropReason::SendQueueFull);
+            return false;
+        }
+        let start = self.buf.len();
+        wire::put_group_header(&mut self.buf, key.epoch, token_len);
+        fernet::encrypt_raw_into(key.fernet(), &rng.iv(), unix, plain, &mut self.buf);
+        self.commit(to, start);
+        stats.group_datagrams += 1;
+        true
     }
 
     /// The bytes of a pending token at `at` (from [`Sealed::Pending`]), `len` long.

@@ -20,20 +20,22 @@ use std::time::{Duration, Instant};
 use log::info;
 
 use super::Input;
-use super::distribution::{Cx, Distribution, Unicast};
+use super::distribution::{Cx, Strategy, Unicast};
+use super::group::Group;
 use super::events::{Events, RelayEvent};
 use super::handshake::{Handshake, PendingReg, RegisterContext, Registration, reject};
 use super::outbox::Outbox;
 use super::session::{ClientInfo, Liveness, Sessions};
 use super::stats::{DropReason, Metric, MetricKind, Stats, Telemetry};
 use super::timer::TimerWheel;
-use crate::config::{Config, ConfigError};
+use super::ratelimit::HandshakeBudget;
+use crate::config::{Config, ConfigError, Distribution};
 use crate::crypto::fernet::{self, FernetError};
 use crate::crypto::key::ServerKey;
 use crate::crypto::rng::Rng;
 use crate::proto::channel::Channel;
-use crate::proto::reassembly::Reassembler;
-use crate::wire::{self, Body, LeaveReason, MAX_DATAGRAM, Outer, RejectCode};
+use crate::proto::reassembly::{Reassembler, Shape};
+use crate::wire::{self, Body, LeaveReason, MAX_DATAGRAM, Outer, RejectCode, Sealed};
 
 /// Which client `kick` removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,11 @@ enum Timer {
     Reassembly,
     CookieRotation,
 }
+
+/// NO_SESSION notices per second, all addresses together (each address: one a second).
+const NOTICES_PER_SEC: u32 = 100;
+/// Entry bytes per MEMBERS message: with SEQ and the TLV header the token fits a datagram.
+const MEMBERS_PART_BYTES: usize = 1000;
 
 /// The gauges `stats` and `metrics` show besides the counters, in order.
 pub const GAUGES: &[Metric] = &[
@@ -87,6 +94,21 @@ pub const GAUGES: &[Metric] = &[
         help: "Bytes of datagrams waiting for the socket.",
         kind: MetricKind::Gauge,
     },
+    Metric {
+        name: "group_mode",
+        help: "1 in group mode, 0 in unicast mode.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "group_epoch",
+        help: "The current group key epoch (group mode).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "group_pending_acks",
+        help: "Version-3 members that have not acknowledged the current group key.",
+        kind: MetricKind::Gauge,
+    },
 ];
 
 /// The relay core. One owner; every method takes `&mut self` and the current time.
@@ -105,7 +127,9 @@ pub struct RelayCore {
     expired: Vec<Timer>,
     out: Outbox,
     tel: Telemetry,
-    dist: Box<dyn Distribution>,
+    dist: Box<dyn Strategy>,
+    /// Rate of NO_SESSION notices, per source and in total.
+    notices: HandshakeBudget,
     events: Events,
     /// An opened plaintext.
     plain: Vec<u8>,
@@ -131,7 +155,14 @@ impl RelayCore {
         let handshake = Handshake::new(&cfg, &mut rng, now);
         let mut timers = TimerWheel::new(now, Duration::from_millis(10), 1024);
         timers.insert(now + handshake.rotation(), Timer::CookieRotation);
+        let dist: Box<dyn Strategy> = match &cfg.distribution {
+            Distribution::Unicast => Box::new(Unicast),
+            Distribution::Group(g) => Box::new(Group::new(g.clone(), &mut rng, now)),
+        };
+        let notices = HandshakeBudget::new(NOTICES_PER_SEC, 1, now, rng.next_u64());
         Ok(RelayCore {
+            dist,
+            notices,
             reassembly: Reassembler::new(cfg.reassembly),
             out: Outbox::new(cfg.max_send_queue),
             handshake,
@@ -145,7 +176,6 @@ impl RelayCore {
             timers,
             expired: Vec::new(),
             tel: Telemetry::new(now),
-            dist: Box::new(Unicast),
             events: Events::default(),
             plain: Vec::with_capacity(2048),
             scratch: Vec::with_capacity(2048),
@@ -167,9 +197,17 @@ impl RelayCore {
     pub fn key(&self) -> &ServerKey {
         &self.key
     }
-    /// The distribution mode (`unicast`).
+    /// The distribution mode (`unicast` or `group`).
     pub fn mode(&self) -> &'static str {
         self.dist.mode()
+    }
+    /// The current group key epoch (0 in unicast mode).
+    pub fn epoch(&self) -> u32 {
+        self.dist.epoch()
+    }
+    /// Version-3 members that have not acknowledged the current group key.
+    pub fn pending_acks(&self) -> usize {
+        self.dist.pending_acks()
     }
     /// Registered clients now.
     pub fn client_count(&self) -> usize {
@@ -208,6 +246,9 @@ impl RelayCore {
             self.reassembly.in_flight() as u64,
             self.handshake.pending_len() as u64,
             self.out.queued_bytes() as u64,
+            u64::from(self.dist.mode() == "group"),
+            u64::from(self.dist.epoch()),
+            self.dist.pending_acks() as u64,
         ];
         GAUGES.iter().zip(values)
     }
@@ -217,9 +258,10 @@ impl RelayCore {
     }
 
     /// The distribution strategy and what it may touch, borrowed apart.
-    fn split(&mut self, now: Instant) -> (&mut dyn Distribution, Cx<'_>) {
+    fn split(&mut self, now: Instant) -> (&mut dyn Strategy, Cx<'_>) {
         let unix = self.unix(now);
         let cx = Cx {
+            now,
             sessions: &mut self.sessions,
             out: &mut self.out,
             rng: &mut self.rng,
@@ -272,7 +314,7 @@ impl RelayCore {
             Outer::Sealed { token } => match self.sessions.slot_of(&from) {
                 // `token` borrows the caller's buffer, not ours: no copy.
                 Some(slot) => self.on_sealed(now, slot, token),
-                None => tel.dropped(now, from, DropReason::UnknownSender),
+                None => self.no_session(now, from),
             },
             Outer::Fragment {
                 msg_id,
@@ -280,9 +322,23 @@ impl RelayCore {
                 count,
                 chunk,
             } => self.on_fragment(now, from, (msg_id, index, count), chunk),
-            Outer::Cookie { .. } | Outer::PublicKey { .. } | Outer::Reject { .. } => {
-                tel.dropped(now, from, DropReason::UnexpectedType)
-            }
+            Outer::Cookie { .. }
+            | Outer::PublicKey { .. }
+            | Outer::Reject { .. }
+            | Outer::Group { .. }
+            | Outer::NoSession => tel.dropped(now, from, DropReason::UnexpectedType),
+        }
+    }
+
+    /// A sealed datagram or fragment from an address without a session: count it and, at a
+    /// bounded rate, say so (a 4-byte NO_SESSION, smaller than anything that earns it), so a
+    /// client whose session is gone (a timeout, a relay restart) registers again.
+    fn no_session(&mut self, now: Instant, from: SocketAddr) {
+        self.tel.dropped(now, from, DropReason::UnknownSender);
+        if self.notices.try_spend(from.ip(), now).is_ok()
+            && self.out.push(from, &Outer::NoSession, &mut self.tel.stats)
+        {
+            self.tel.stats.no_session_notices += 1;
         }
     }
 
@@ -293,25 +349,18 @@ impl RelayCore {
         (msg_id, index, count): (u32, u16, u16),
         chunk: &[u8],
     ) {
-        let Some((slot, owner)) = self
-            .sessions
-            .slot_of(&from)
-            .and_then(|slot| Some((slot, self.sessions.get(slot)?.id)))
-        else {
-            return self.tel.dropped(now, from, DropReason::UnknownSender);
+        let Some(slot) = self.sessions.slot_of(&from) else {
+            return self.no_session(now, from);
+        };
+        let Some(owner) = self.sessions.get(slot).map(|s| s.id) else {
+            return;
         };
         self.tel.stats.fragments_in += 1;
         match self
             .reassembly
             .insert(now, owner, msg_id, index, count, chunk)
         {
-            Ok(None) => {
-                if !self.reassembly_timer_armed {
-                    self.reassembly_timer_armed = true;
-                    let at = now + self.cfg.reassembly.timeout;
-                    self.timers.insert(at, Timer::Reassembly);
-                }
-            }
+            Ok(None) => self.arm_reassembly_timer(now),
             Ok(Some(token)) => {
                 self.tel.stats.reassembled += 1;
                 let mut tok = std::mem::take(&mut self.token);
@@ -353,26 +402,49 @@ impl RelayCore {
     }
 
     fn on_plaintext(&mut self, now: Instant, slot: usize, plain: &[u8], wire_len: usize) {
-        let Some(s) = self.sessions.get_mut(slot) else {
+        let Some(s) = self.sessions.get(slot) else {
             return;
         };
-        let from = s.addr;
-        let (seq, body) = match wire::parse_inner(plain) {
+        let (from, version) = (s.addr, s.channel.version());
+        let sealed = match wire::parse_sealed(plain) {
             Ok(x) => x,
             Err(e) => return self.tel.dropped(now, from, DropReason::from_wire(&e)),
         };
-        if !matches!(body, Body::Data(_) | Body::Keepalive | Body::Disconnect) {
+        if sealed.gseq.is_some() || !sealed.body.in_version(version) {
+            // Clients never number group items; version 1 and 2 know no version-3 TLV.
+            return self.tel.dropped(now, from, DropReason::UnknownType);
+        }
+        let allowed = matches!(
+            sealed.body,
+            Body::Data(_)
+                | Body::Keepalive
+                | Body::Disconnect
+                | Body::Frag { .. }
+                | Body::KeyAck { .. }
+                | Body::KeyPull { .. }
+        );
+        if !allowed {
             return self.tel.dropped(now, from, DropReason::UnexpectedType);
         }
         // Authenticated: only now may the window move and liveness refresh.
-        if !s.channel.accept(seq) {
+        let Some(s) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        if !s.channel.accept(sealed.seq) {
             return self.tel.dropped(now, from, DropReason::Replay);
         }
         s.last_seen = now;
-        match body {
+        self.on_body(now, slot, sealed, wire_len);
+    }
+
+    /// An authenticated, fresh body from the session in `slot`.
+    fn on_body(&mut self, now: Instant, slot: usize, sealed: Sealed<'_>, wire_len: usize) {
+        match sealed.body {
             Body::Data(data) => {
-                s.msgs_in += 1;
-                s.bytes_in += wire_len as u64;
+                if let Some(s) = self.sessions.get_mut(slot) {
+                    s.msgs_in += 1;
+                    s.bytes_in += wire_len as u64;
+                }
                 self.tel.stats.messages_in += 1;
                 let (dist, mut cx) = self.split(now);
                 let n = dist.relay(&mut cx, slot, data);
@@ -383,7 +455,70 @@ impl RelayCore {
                 self.send_to(now, slot, &Body::KeepaliveAck);
             }
             Body::Disconnect => self.remove_session(now, slot, LeaveReason::Disconnect, true),
+            Body::Frag {
+                msg_id,
+                index,
+                count,
+                chunk,
+            } => self.on_piece(now, slot, sealed.seq, (msg_id, index, count), chunk),
+            Body::KeyAck { epoch } => {
+                let (dist, mut cx) = self.split(now);
+                dist.key_ack(&mut cx, slot, epoch);
+            }
+            Body::KeyPull { epoch } => {
+                let (dist, mut cx) = self.split(now);
+                dist.key_pull(&mut cx, slot, epoch);
+            }
             _ => {}
+        }
+    }
+
+    /// Version 3: an authenticated piece of a larger body (protocol.md §6).
+    fn on_piece(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        seq: u64,
+        (msg_id, index, count): (u32, u16, u16),
+        chunk: &[u8],
+    ) {
+        let Some((owner, from)) = self.sessions.get(slot).map(|s| (s.id, s.addr)) else {
+            return;
+        };
+        self.tel.stats.fragments_in += 1;
+        let shape = Shape::V3;
+        match self
+            .reassembly
+            .insert_shaped(now, owner, (msg_id, index, count), chunk, shape)
+        {
+            Ok(None) => self.arm_reassembly_timer(now),
+            Ok(Some(body)) => {
+                self.tel.stats.reassembled += 1;
+                let mut tok = std::mem::take(&mut self.token);
+                tok.clear();
+                tok.extend_from_slice(body);
+                match wire::parse_reassembled(seq, &tok) {
+                    Ok(sealed @ Sealed { gseq: None, body: Body::Data(_), .. }) => {
+                        let len = tok.len();
+                        self.on_body(now, slot, sealed, len);
+                    }
+                    Ok(_) => self.tel.dropped(now, from, DropReason::UnexpectedType),
+                    Err(e) => self.tel.dropped(now, from, DropReason::from_wire(&e)),
+                }
+                self.token = tok;
+            }
+            Err(e) => self.tel.dropped(now, from, DropReason::from_fragment(&e)),
+        }
+        let evicted = self.reassembly.take_evicted();
+        let stats = &mut self.tel.stats;
+        stats.count_drops(DropReason::ReassemblyEvicted, evicted);
+    }
+
+    fn arm_reassembly_timer(&mut self, now: Instant) {
+        if !self.reassembly_timer_armed {
+            self.reassembly_timer_armed = true;
+            let at = now + self.cfg.reassembly.timeout;
+            self.timers.insert(at, Timer::Reassembly);
         }
     }
 
@@ -421,7 +556,10 @@ impl RelayCore {
                 // client negotiated this time).
                 s.channel.set_version(r.version);
                 self.tel.stats.handshakes_ok += 1;
-                return self.send_welcome(now, slot);
+                self.send_welcome(now, slot);
+                self.send_members(now, slot);
+                let (dist, mut cx) = self.split(now);
+                return dist.joined(&mut cx, slot, true);
             }
             info!("client {} at {from} re-registered with a new key", s.id);
             self.remove_session(now, slot, LeaveReason::Replaced, true);
@@ -459,13 +597,14 @@ impl RelayCore {
             self.sessions.len()
         );
         self.send_welcome(now, slot);
+        self.send_members(now, slot);
         let join = Body::Join {
             id,
             name: name.as_deref().map(str::as_bytes),
         };
         let (dist, mut cx) = self.split(now);
         dist.announce(&mut cx, Some(slot), &join);
-        dist.joined(&mut cx, slot);
+        dist.joined(&mut cx, slot, false);
         self.events.push(RelayEvent::Joined {
             id,
             addr: from,
@@ -484,8 +623,40 @@ impl RelayCore {
             keepalive_ms: ms(self.cfg.keepalive_interval),
             timeout_ms: ms(self.cfg.client_timeout),
             name: name.as_deref().map(str::as_bytes),
+            dist: (s.channel.version() >= 3).then(|| self.dist.dist()),
         };
         self.send_to(now, slot, &body);
+    }
+
+    /// Version 3: tell the member in `slot` who else is here, in MEMBERS messages that each
+    /// fit one datagram.
+    fn send_members(&mut self, now: Instant, slot: usize) {
+        let Some(me) = self.sessions.get(slot).filter(|s| s.channel.version() >= 3) else {
+            return;
+        };
+        let me = me.id;
+        let mut entries = Vec::new();
+        let total = self.sessions.len().saturating_sub(1);
+        let mut listed = 0;
+        let mut parts = Vec::new();
+        for (_, s) in self.sessions.iter().filter(|(_, s)| s.id != me) {
+            wire::put_member(&mut entries, s.id, s.name.as_deref().map(str::as_bytes));
+            listed += 1;
+            if entries.len() > MEMBERS_PART_BYTES - 5 - wire::MAX_NAME || listed == total {
+                parts.push(std::mem::take(&mut entries));
+            }
+        }
+        if parts.is_empty() {
+            parts.push(Vec::new()); // "nobody else": one empty, last part
+        }
+        let n = parts.len();
+        for (i, entries) in parts.iter().enumerate() {
+            let body = Body::Members {
+                last: i + 1 == n,
+                entries,
+            };
+            self.send_to(now, slot, &body);
+        }
     }
 
     // ---------------------------------------------------------------- output
@@ -529,7 +700,7 @@ impl RelayCore {
         };
         let (dist, mut cx) = self.split(now);
         dist.announce(&mut cx, None, &leave);
-        dist.left(&mut cx, s.id);
+        dist.left(&mut cx, slot, s.id);
         self.events.push(RelayEvent::Left {
             id: s.id,
             addr: s.addr,
@@ -549,6 +720,12 @@ impl RelayCore {
         self.tel.stats.kicks += 1;
         self.remove_session(now, slot, LeaveReason::Kicked, true);
         Some(id)
+    }
+
+    /// Start a fresh group key now (control port `rekey`); false in unicast mode.
+    pub fn rekey(&mut self, now: Instant) -> bool {
+        let (dist, mut cx) = self.split(now);
+        dist.rekey(&mut cx)
     }
 
     /// Tell every client the relay is stopping and forget them all.
@@ -582,10 +759,12 @@ impl RelayCore {
 
     /// The next instant `handle_timeout` has work; may be early, never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.handshake.pending_len() == 0 {
-            self.timers.next_deadline()
-        } else {
-            Some(self.start) // registrations waiting: come back at once
+        if self.handshake.pending_len() > 0 {
+            return Some(self.start); // registrations waiting: come back at once
+        }
+        match (self.timers.next_deadline(), self.dist.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -628,6 +807,10 @@ impl RelayCore {
             }
         }
         self.expired = expired;
+        if !self.shut_down {
+            let (dist, mut cx) = self.split(now);
+            dist.handle_timeout(&mut cx);
+        }
     }
 
     // ---------------------------------------------------------------- transmits

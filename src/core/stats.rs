@@ -85,6 +85,11 @@ counters! {
     timeouts, Counter, "Sessions ended because the client fell silent.";
     kicks, Counter, "Sessions ended by an operator.";
     peak_clients, Gauge, "Most clients registered at once since start.";
+    group_datagrams, Counter, "Datagrams sent to the distribution group (group mode).";
+    rekeys, Counter, "Group epochs started: fresh keys and ratchet steps (group mode).";
+    key_deliveries, Counter, "GROUP_KEY messages sent, first deliveries and retries (group mode).";
+    key_pulls, Counter, "Key pulls answered (group mode).";
+    no_session_notices, Counter, "NO_SESSION notices sent to addresses without a session.";
 }
 
 macro_rules! drop_reasons {

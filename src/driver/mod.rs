@@ -108,7 +108,7 @@ impl RelayBuilder {
         first_token: Token,
         now: Instant,
     ) -> Result<Relay, Error> {
-        self.net.validate()?;
+        self.cfg.validate_with(&self.net)?;
         let rng = match self.rng {
             Some(r) => r,
             None => Rng::from_os().map_err(|e| Error::Io {
@@ -180,6 +180,14 @@ fn unicast_socket(net: &NetConfig) -> Result<std::net::UdpSocket, Error> {
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&SocketAddrV4::new(net.iface, 0).into())
         .map_err(Error::io("bind the reply socket to the interface"))?;
+    // Group mode sends to the distribution group from this socket: on the interface, with
+    // the configured TTL, and looped back to members on this host.
+    s.set_multicast_if_v4(&net.iface)
+        .map_err(Error::io("IP_MULTICAST_IF on the reply socket"))?;
+    s.set_multicast_ttl_v4(net.ttl)
+        .map_err(Error::io("IP_MULTICAST_TTL on the reply socket"))?;
+    s.set_multicast_loop_v4(true)
+        .map_err(Error::io("IP_MULTICAST_LOOP on the reply socket"))?;
     Ok(s.into())
 }
 

@@ -3,5 +3,7 @@
 //! itself. Nothing here knows whether it runs in a relay or a client.
 
 pub mod channel;
+pub mod fragment;
+pub mod group;
 pub mod reassembly;
 pub mod replay;

@@ -61,15 +61,39 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::wire::{FRAGMENT_CHUNK, MAX_FRAGMENTS, MAX_TOKEN};
+use crate::wire::{FRAGMENT_CHUNK, MAX_FRAGMENTS, MAX_TOKEN, V3_FRAGMENT_CHUNK, V3_MAX_FRAGMENTS};
 
 // The received-set is a u128 bitmap.
-const _: () = assert!(MAX_FRAGMENTS <= 128);
+const _: () = assert!(MAX_FRAGMENTS <= 128 && V3_MAX_FRAGMENTS <= 128);
+// A version-3 message is never longer than the largest version-1 token.
+const _: () = assert!(V3_FRAGMENT_CHUNK * V3_MAX_FRAGMENTS <= MAX_TOKEN);
 // `count` travels as u16.
 const _: () = assert!(MAX_FRAGMENTS <= u16::MAX as usize);
 
 /// Most recycled buffers kept for reuse.
 pub const FREE_LIST_MAX: usize = 4;
+
+/// How a protocol version cuts messages: chunk size and most pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Bytes in every chunk but the last (the last: 1 to this many).
+    pub chunk: usize,
+    /// Most chunks of one message.
+    pub max_count: usize,
+}
+
+impl Shape {
+    /// Versions 1 and 2: FRAGMENT datagrams of a token, 1188-byte chunks, up to 74.
+    pub const TOKEN: Shape = Shape {
+        chunk: FRAGMENT_CHUNK,
+        max_count: MAX_FRAGMENTS,
+    };
+    /// Version 3: FRAG pieces of a plaintext body, 1088-byte chunks, up to 64.
+    pub const V3: Shape = Shape {
+        chunk: V3_FRAGMENT_CHUNK,
+        max_count: V3_MAX_FRAGMENTS,
+    };
+}
 
 /// Caps for the [`Reassembler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,12 +175,14 @@ struct Partial {
     owner: u32,
     msg_id: u32,
     count: u16,
+    /// The chunk size of its shape.
+    chunk: usize,
     received: u16,
     /// Length of the last chunk once it arrived (0 before).
     last_len: usize,
     /// Bit `i` set = fragment `i` received.
     have: u128,
-    /// `count * FRAGMENT_CHUNK` bytes long; chunk `i` at `i * FRAGMENT_CHUNK`.
+    /// `count * chunk` bytes long; chunk `i` at `i * chunk`.
     buf: Vec<u8>,
     /// Bytes charged (the buffer's capacity).
     charge: usize,
@@ -253,9 +279,21 @@ impl Reassembler {
         count: u16,
         chunk: &[u8],
     ) -> Result<Option<&[u8]>, FragmentError> {
+        self.insert_shaped(now, owner, (msg_id, index, count), chunk, Shape::TOKEN)
+    }
+
+    /// [`Reassembler::insert`] for messages cut to `shape` (one owner uses one shape).
+    pub fn insert_shaped(
+        &mut self,
+        now: Instant,
+        owner: u32,
+        (msg_id, index, count): (u32, u16, u16),
+        chunk: &[u8],
+        shape: Shape,
+    ) -> Result<Option<&[u8]>, FragmentError> {
         self.recycle_output();
 
-        if !(2..=MAX_FRAGMENTS).contains(&usize::from(count)) {
+        if !(2..=shape.max_count).contains(&usize::from(count)) {
             return Err(FragmentError::BadCount);
         }
         if index >= count {
@@ -263,9 +301,9 @@ impl Reassembler {
         }
         let is_last = index == count - 1;
         let len_ok = if is_last {
-            (1..=FRAGMENT_CHUNK).contains(&chunk.len())
+            (1..=shape.chunk).contains(&chunk.len())
         } else {
-            chunk.len() == FRAGMENT_CHUNK
+            chunk.len() == shape.chunk
         };
         if !len_ok {
             return Err(FragmentError::BadChunkLength);
@@ -274,7 +312,7 @@ impl Reassembler {
         let key = match self.lookup(owner, msg_id) {
             Some(key) => {
                 let p = self.entries.get(key).ok_or(FragmentError::Inconsistent)?;
-                if p.count != count {
+                if p.count != count || p.chunk != shape.chunk {
                     return Err(FragmentError::Inconsistent);
                 }
                 if p.have & (1u128 << index) != 0 {
@@ -282,11 +320,11 @@ impl Reassembler {
                 }
                 key
             }
-            None => self.start(now, owner, msg_id, count)?,
+            None => self.start(now, owner, msg_id, count, shape.chunk)?,
         };
 
         // Validated above: the write cannot fail and completes the insert.
-        let offset = usize::from(index) * FRAGMENT_CHUNK;
+        let offset = usize::from(index) * shape.chunk;
         let complete = {
             let p = self
                 .entries
@@ -311,7 +349,7 @@ impl Reassembler {
         let Some(p) = self.remove_entry(key) else {
             return Ok(None);
         };
-        let total = (usize::from(p.count) - 1) * FRAGMENT_CHUNK + p.last_len;
+        let total = (usize::from(p.count) - 1) * p.chunk + p.last_len;
         let mut buf = p.buf;
         buf.truncate(total);
         self.out = buf;
@@ -436,13 +474,15 @@ impl Reassembler {
         owner: u32,
         msg_id: u32,
         count: u16,
+        chunk: usize,
     ) -> Result<usize, FragmentError> {
-        let need = usize::from(count) * FRAGMENT_CHUNK;
-        let usage = self.owners.get(&owner).copied().unwrap_or_default();
+        let need = usize::from(count) * chunk;
         let limits = self.limits;
-        if usage.messages >= limits.per_owner_messages {
+        if limits.per_owner_messages == 0 || need > limits.per_owner_bytes {
             return Err(FragmentError::OwnerLimit);
         }
+        self.evict_own_oldest(owner, need);
+        let usage = self.owners.get(&owner).copied().unwrap_or_default();
         if usage.bytes.saturating_add(need) <= limits.per_owner_bytes {
             self.make_room(owner, usage.bytes, need);
         }
@@ -459,6 +499,7 @@ impl Reassembler {
             owner,
             msg_id,
             count,
+            chunk,
             received: 0,
             last_len: 0,
             have: 0,
@@ -473,6 +514,38 @@ impl Reassembler {
         u.bytes += charge;
         self.bytes += charge;
         Ok(key)
+    }
+
+    /// Make room under `owner`'s own caps for a new message of `need` bytes by dropping its
+    /// oldest incomplete reassemblies (a sender that starts a new message is unlikely to
+    /// finish its oldest; refusing the new one instead would let one lost fragment block
+    /// every later message). Counted as evictions.
+    fn evict_own_oldest(&mut self, owner: u32, need: usize) {
+        loop {
+            let usage = self.owners.get(&owner).copied().unwrap_or_default();
+            let over = usage.messages >= self.limits.per_owner_messages
+                || usage.bytes.saturating_add(need) > self.limits.per_owner_bytes;
+            if !over || usage.messages == 0 {
+                return;
+            }
+            let mut cur = self.head;
+            let mut oldest = None;
+            while let Some(key) = cur {
+                let Some(p) = self.entries.get(key) else {
+                    break;
+                };
+                if p.owner == owner {
+                    oldest = Some(key);
+                    break;
+                }
+                cur = p.next;
+            }
+            let Some(key) = oldest else { return };
+            if let Some(p) = self.remove_entry(key) {
+                self.recycle(p.buf);
+                self.evicted += 1;
+            }
+        }
     }
 
     /// A zeroed buffer of `need` bytes for an owner already charged `owner_bytes`, recycled
@@ -781,20 +854,21 @@ mod tests {
     }
 
     #[test]
-    fn owner_message_limit() {
+    fn a_new_message_over_the_owner_cap_evicts_the_owners_oldest() {
         let now = Instant::now();
         let mut r = Reassembler::new(Limits::default());
         for m in 0..4 {
             assert_eq!(r.insert(now, 1, m, 0, 2, &[0u8; C]), Ok(None));
         }
-        assert_eq!(
-            r.insert(now, 1, 4, 0, 2, &[0u8; C]),
-            Err(FragmentError::OwnerLimit)
-        );
-        // Existing reassemblies of that owner still progress; others unaffected.
-        assert_eq!(r.insert(now, 2, 4, 0, 2, &[0u8; C]), Ok(None));
-        assert!(r.insert(now, 1, 0, 1, 2, &[0u8; 3]).expect("ok").is_some());
+        assert_eq!(r.insert(now, 2, 9, 0, 2, &[0u8; C]), Ok(None));
+        // A fifth message of owner 1 evicts its oldest (message 0), not the newcomer.
         assert_eq!(r.insert(now, 1, 4, 0, 2, &[0u8; C]), Ok(None));
+        assert_eq!(r.take_evicted(), 1);
+        assert!(!r.contains(1, 0));
+        assert!(r.contains(1, 4) && r.contains(1, 1) && r.contains(2, 9));
+        // The others still progress.
+        assert!(r.insert(now, 1, 1, 1, 2, &[0u8; 3]).expect("ok").is_some());
+        assert!(r.insert(now, 2, 9, 1, 2, &[0u8; 3]).expect("ok").is_some());
     }
 
     #[test]
@@ -804,9 +878,11 @@ mod tests {
         assert_eq!(big_first(&mut r, now, 1, 0), Ok(()));
         assert_eq!(big_first(&mut r, now, 1, 1), Ok(()));
         assert_eq!(big_first(&mut r, now, 1, 2), Ok(()));
-        // 4 * 74 * 1188 <= 384 KiB: the fourth fits, a fifth is over the message cap.
+        // 4 * 74 * 1188 <= 384 KiB: the fourth fits, a fifth evicts the oldest.
         assert_eq!(big_first(&mut r, now, 1, 3), Ok(()));
-        assert_eq!(big_first(&mut r, now, 1, 4), Err(FragmentError::OwnerLimit));
+        assert_eq!(big_first(&mut r, now, 1, 4), Ok(()));
+        assert_eq!(r.take_evicted(), 1);
+        assert_eq!(r.in_flight(), 4);
         assert!(r.owner_bytes(1) <= Limits::default().per_owner_bytes);
     }
 
@@ -821,11 +897,13 @@ mod tests {
         for m in 0..4 {
             assert_eq!(big_first(&mut r, now, 1, m), Ok(()));
         }
-        // 5 * 74 * 1188 > 384 KiB.
-        assert_eq!(big_first(&mut r, now, 1, 4), Err(FragmentError::OwnerLimit));
+        // 5 * 74 * 1188 > 384 KiB: the oldest goes.
+        assert_eq!(big_first(&mut r, now, 1, 4), Ok(()));
+        assert_eq!(r.take_evicted(), 1);
         assert!(r.owner_bytes(1) <= limits.per_owner_bytes);
-        // A small message still fits in the remaining owner budget.
+        // A small message fits in the remaining owner budget without evicting.
         assert_eq!(r.insert(now, 1, 9, 0, 2, &[0u8; C]), Ok(None));
+        assert_eq!(r.take_evicted(), 0);
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //! TLV, and a sealed plaintext is exactly one of the sequences the protocol lists. Errors name
 //! the field that was wrong, and each maps to one drop reason (`core::DropReason::from_wire`).
 
-mod msg;
+mod datagram;
 mod reader;
+mod sealed;
 mod tlv;
 
-pub use msg::{Body, Outer, parse_inner, write_inner};
+pub use self::sealed::{
+    Body, Dist, Member, Sealed, members, parse_inner, parse_reassembled, parse_sealed,
+    put_member, write_body, write_inner, write_sealed,
+};
+pub use self::datagram::{Outer, put_group_header};
 pub use tlv::{TlvIter, WireError, put_tlv, put_tlv_header};
 
 /// Largest datagram anyone sends (protocol.md §1).
@@ -34,7 +39,12 @@ pub const HELLO_MIN_VALUE: usize = 60;
 /// The protocol versions this build speaks.
 pub const VERSION_MIN: u16 = 1;
 /// The protocol versions this build speaks.
-pub const VERSION_MAX: u16 = 2;
+pub const VERSION_MAX: u16 = 3;
+/// Version 3 fragments carry exactly this many bytes of body (all but the last), so that a
+/// fragment token fits one datagram, on the group too (protocol.md §6).
+pub const V3_FRAGMENT_CHUNK: usize = 1088;
+/// Most fragments of one version-3 message.
+pub const V3_MAX_FRAGMENTS: usize = 64;
 /// Longest REJECT reason text.
 pub const MAX_REJECT_REASON: usize = 100;
 
@@ -56,6 +66,10 @@ pub mod outer {
     pub const FRAGMENT: u16 = 0x0007;
     /// R→C: a handshake failure code and reason.
     pub const REJECT: u16 = 0x0008;
+    /// R→group (version 3): a token under the group key of an epoch.
+    pub const GROUP: u16 = 0x0009;
+    /// R→C: a sealed datagram came from an address without a session.
+    pub const NO_SESSION: u16 = 0x000A;
 }
 
 /// Sealed (inner, inside a Fernet token) TLV types.
@@ -84,6 +98,20 @@ pub mod inner {
     pub const SHUTDOWN: u16 = 0x010B;
     /// R→C: your session ended (reason).
     pub const CLOSED: u16 = 0x010C;
+    /// Version 3: a piece of a body too large for one token.
+    pub const FRAG: u16 = 0x010D;
+    /// Version 3, R→C, in WELCOME: how messages will come (mode, group).
+    pub const DIST: u16 = 0x010E;
+    /// Version 3, R→C: the group key of an epoch.
+    pub const GROUP_KEY: u16 = 0x010F;
+    /// Version 3, C→R: a group key was installed.
+    pub const KEY_ACK: u16 = 0x0110;
+    /// Version 3, C→R: an epoch was seen whose key the member does not hold.
+    pub const KEY_PULL: u16 = 0x0111;
+    /// Version 3, R→C: part of the member list.
+    pub const MEMBERS: u16 = 0x0112;
+    /// Version 3, R→C: the group sequence number of a group item sent in a channel.
+    pub const GSEQ: u16 = 0x0113;
 }
 
 /// Why a session ended (LEAVE and CLOSED reason byte).
