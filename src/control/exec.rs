@@ -183,14 +183,8 @@ pub fn max_log_level<'a>(operators: impl Iterator<Item = &'a Operator>) -> log::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ClientSession;
     use crate::config::Config;
-    use crate::crypto::key::ServerKey;
-    use crate::crypto::rng::Rng;
-
-    fn key() -> ServerKey {
-        ServerKey::from_pkcs8_pem(include_str!("../../fuzz/relay_key.pem")).expect("test key")
-    }
+    use crate::core::testkit;
 
     struct Harness {
         core: RelayCore,
@@ -201,10 +195,8 @@ mod tests {
     impl Harness {
         fn new() -> Self {
             let now = Instant::now();
-            let core = RelayCore::new(Config::default(), key(), Rng::from_seed([1; 32]), now, 0)
-                .expect("valid config");
             Harness {
-                core,
+                core: testkit::core(Config::default(), now),
                 net: NetConfig::default(),
                 now,
             }
@@ -212,30 +204,7 @@ mod tests {
 
         /// Register a client through the sans-IO session; returns its id.
         fn add_client(&mut self, port: u16) -> u32 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let rng = Rng::from_seed([port as u8; 32]);
-            let mut c = ClientSession::new(rng, None, None, self.now);
-            for _ in 0..8 {
-                while let Some(d) = c.poll_transmit() {
-                    self.core.handle_datagram(self.now, addr, &d);
-                }
-                self.core.process_registrations(self.now, 8);
-                let out: Vec<_> = self
-                    .core
-                    .transmits()
-                    .filter(|(to, _)| *to == addr)
-                    .map(|(_, d)| d.to_vec())
-                    .collect();
-                let n = self.core.transmits().count();
-                self.core.advance_transmits(n, 0);
-                for d in out {
-                    c.handle_datagram(self.now, &d);
-                }
-                if let Some(id) = c.id() {
-                    return id;
-                }
-            }
-            panic!("client did not register");
+            testkit::client(&mut self.core, self.now, port).1
         }
 
         fn run(&mut self, op: &mut Operator, line: &str, token: Option<&str>) -> (Reply, bool) {
