@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Debian package, install it, check it, remove and purge it.
 #
-#   dist/test-deb.sh            (as root; CI runs it on a fresh Debian machine)
+#   dist/test-deb.sh [DEB]      (as root; DEB defaults to a fresh dist/build-deb.sh build)
 #
 # Checks: lintian clean (dist/build-deb.sh); `dpkg -i` works; /usr/bin/mcrelay runs; the unit
 # is installed and enabled, `systemd-analyze verify` accepts it as installed (nothing on stderr: verify
@@ -22,9 +22,11 @@ for tool in dpkg-deb systemd-analyze adduser; do
 done
 
 t0=$(date +%s)
-deb=$(dist/build-deb.sh "${TMPDIR:-/tmp}/mcrelay-test-deb" | tail -n 1)
-t1=$(date +%s)
-echo "test-deb: built $deb in $((t1 - t0)) s"
+deb=${1:-}
+if [ -z "$deb" ]; then
+    deb=$(dist/build-deb.sh "${TMPDIR:-/tmp}/mcrelay-test-deb" | tail -n 1)
+    echo "test-deb: built $deb in $(( $(date +%s) - t0 )) s"
+fi
 
 cleanup() { dpkg -P mcrelay >/dev/null 2>&1 || true; }
 trap cleanup EXIT
