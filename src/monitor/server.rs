@@ -703,6 +703,11 @@ impl MonitorServer {
         if c.out_pos == c.out.len() {
             c.out.clear();
             c.out_pos = 0;
+            // A large response (a long /clients) leaves no large buffer behind on an idle
+            // keep-alive connection.
+            if c.out.capacity() > cap {
+                c.out = Vec::new();
+            }
             if c.closing && !c.lingering && !c.dead {
                 if c.eof {
                     c.dead = true;
