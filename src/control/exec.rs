@@ -187,33 +187,30 @@ mod tests {
     use crate::core::testkit;
 
     struct Harness {
-        core: RelayCore,
+        w: testkit::Net,
         net: NetConfig,
-        now: Instant,
     }
 
     impl Harness {
         fn new() -> Self {
-            let now = Instant::now();
             Harness {
-                core: testkit::core(Config::default(), now),
+                w: testkit::Net::new(Config::default()),
                 net: NetConfig::default(),
-                now,
             }
         }
 
         /// Register a client through the sans-IO session; returns its id.
         fn add_client(&mut self, port: u16) -> u32 {
-            testkit::client(&mut self.core, self.now, port).1
+            self.w.client(port).1
         }
 
         fn run(&mut self, op: &mut Operator, line: &str, token: Option<&str>) -> (Reply, bool) {
             let mut cx = Context {
-                core: &mut self.core,
+                core: &mut self.w.core,
                 net: &self.net,
                 control_addr: Some("127.0.0.1:5008".parse().unwrap()),
                 token,
-                now: self.now,
+                now: self.w.now,
                 shutdown_requested: false,
             };
             let r = op.run_line(line, &mut cx).expect("accepting");
@@ -263,11 +260,11 @@ mod tests {
         assert!(h.run(&mut o, "auth nope", Some("s3cret")).0.is_err());
         assert!(!o.is_accepting());
         let mut cx = Context {
-            core: &mut h.core,
+            core: &mut h.w.core,
             net: &h.net,
             control_addr: None,
             token: Some("s3cret"),
-            now: h.now,
+            now: h.w.now,
             shutdown_requested: false,
         };
         assert_eq!(
@@ -327,12 +324,12 @@ mod tests {
             h.run(&mut o, "kick 127.0.0.1:4002", None).0,
             Ok(format!("kicked {b}\n"))
         );
-        assert_eq!(h.core.client_count(), 0);
+        assert_eq!(h.w.core.client_count(), 0);
         assert_eq!(
             h.run(&mut o, "kick 99", None).0,
             Err("no such client".into())
         );
-        assert_eq!(h.core.stats().kicks, 2);
+        assert_eq!(h.w.core.stats().kicks, 2);
     }
 
     #[test]
