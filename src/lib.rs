@@ -61,6 +61,7 @@ pub mod core;
 pub mod crypto;
 pub mod driver;
 mod error;
+pub mod monitor;
 pub mod proto;
 pub mod wire;
 

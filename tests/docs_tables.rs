@@ -7,7 +7,9 @@ use mcrelay::{DropReason, Stats};
 /// Rows `| `name` | ... |` of the markdown table that follows `heading` (first column only
 /// is the name, in backticks; the last column is the text).
 fn table_after<'a>(doc: &'a str, heading: &str) -> Vec<(&'a str, Vec<&'a str>)> {
-    let start = doc.find(heading).unwrap_or_else(|| panic!("no {heading:?}"));
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
     doc[start..]
         .lines()
         .skip_while(|l| !l.starts_with('|'))

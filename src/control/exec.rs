@@ -183,68 +183,34 @@ pub fn max_log_level<'a>(operators: impl Iterator<Item = &'a Operator>) -> log::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ClientSession;
     use crate::config::Config;
-    use crate::crypto::key::ServerKey;
-    use crate::crypto::rng::Rng;
-
-    fn key() -> ServerKey {
-        ServerKey::from_pkcs8_pem(include_str!("../../fuzz/relay_key.pem")).expect("test key")
-    }
+    use crate::core::testkit;
 
     struct Harness {
-        core: RelayCore,
+        w: testkit::Net,
         net: NetConfig,
-        now: Instant,
     }
 
     impl Harness {
         fn new() -> Self {
-            let now = Instant::now();
-            let core = RelayCore::new(Config::default(), key(), Rng::from_seed([1; 32]), now, 0)
-                .expect("valid config");
             Harness {
-                core,
+                w: testkit::Net::new(Config::default()),
                 net: NetConfig::default(),
-                now,
             }
         }
 
         /// Register a client through the sans-IO session; returns its id.
         fn add_client(&mut self, port: u16) -> u32 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let rng = Rng::from_seed([port as u8; 32]);
-            let mut c = ClientSession::new(rng, None, None, self.now);
-            for _ in 0..8 {
-                while let Some(d) = c.poll_transmit() {
-                    self.core.handle_datagram(self.now, addr, &d);
-                }
-                self.core.process_registrations(self.now, 8);
-                let out: Vec<_> = self
-                    .core
-                    .transmits()
-                    .filter(|(to, _)| *to == addr)
-                    .map(|(_, d)| d.to_vec())
-                    .collect();
-                let n = self.core.transmits().count();
-                self.core.advance_transmits(n, 0);
-                for d in out {
-                    c.handle_datagram(self.now, &d);
-                }
-                if let Some(id) = c.id() {
-                    return id;
-                }
-            }
-            panic!("client did not register");
+            self.w.client(port).1
         }
 
         fn run(&mut self, op: &mut Operator, line: &str, token: Option<&str>) -> (Reply, bool) {
             let mut cx = Context {
-                core: &mut self.core,
+                core: &mut self.w.core,
                 net: &self.net,
                 control_addr: Some("127.0.0.1:5008".parse().unwrap()),
                 token,
-                now: self.now,
+                now: self.w.now,
                 shutdown_requested: false,
             };
             let r = op.run_line(line, &mut cx).expect("accepting");
@@ -294,11 +260,11 @@ mod tests {
         assert!(h.run(&mut o, "auth nope", Some("s3cret")).0.is_err());
         assert!(!o.is_accepting());
         let mut cx = Context {
-            core: &mut h.core,
+            core: &mut h.w.core,
             net: &h.net,
             control_addr: None,
             token: Some("s3cret"),
-            now: h.now,
+            now: h.w.now,
             shutdown_requested: false,
         };
         assert_eq!(
@@ -358,12 +324,12 @@ mod tests {
             h.run(&mut o, "kick 127.0.0.1:4002", None).0,
             Ok(format!("kicked {b}\n"))
         );
-        assert_eq!(h.core.client_count(), 0);
+        assert_eq!(h.w.core.client_count(), 0);
         assert_eq!(
             h.run(&mut o, "kick 99", None).0,
             Err("no such client".into())
         );
-        assert_eq!(h.core.stats().kicks, 2);
+        assert_eq!(h.w.core.stats().kicks, 2);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub(crate) mod ratelimit;
 mod relay;
 mod session;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub(crate) mod timer;
 
 use std::net::SocketAddr;

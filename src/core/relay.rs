@@ -830,3 +830,138 @@ impl RelayCore {
         self.out.advance(sent, failed, &mut self.tel.stats);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Event;
+    use crate::core::testkit::{Net, addr};
+
+    fn events(core: &mut RelayCore) -> Vec<RelayEvent> {
+        std::iter::from_fn(|| core.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_message_reaches_every_other_client_and_the_host_is_told() {
+        let mut w = Net::new(Config::default());
+        let (mut a, ida) = w.client(4001);
+        let (mut b, idb) = w.client(4002);
+        w.deliver(addr(4001), &mut a);
+        assert_eq!(
+            a.poll_event(),
+            Some(Event::Join {
+                id: idb,
+                name: None
+            })
+        );
+        a.send(w.now, b"hi").unwrap();
+        w.send(addr(4001), &mut a);
+        w.deliver(addr(4002), &mut b);
+        let got = std::iter::from_fn(|| b.poll_event()).last();
+        let want = Event::Message {
+            sender: ida,
+            name: None,
+            data: b"hi".to_vec(),
+        };
+        assert_eq!(got, Some(want));
+        assert!(w.take(addr(4001)).is_empty(), "senders never get their own");
+        let ev = events(&mut w.core);
+        assert!(matches!(ev[0], RelayEvent::Joined { id, .. } if id == ida));
+        assert!(matches!(ev[1], RelayEvent::Joined { id, .. } if id == idb));
+        let relayed = RelayEvent::Relayed {
+            messages: 1,
+            deliveries: 1,
+        };
+        assert_eq!(ev[2], relayed);
+    }
+
+    #[test]
+    fn input_from_strangers_is_counted_and_never_relayed() {
+        let mut w = Net::new(Config::default());
+        let (mut a, _) = w.client(4001);
+        let now = w.now;
+        a.send(now, b"hi").unwrap();
+        let d = a.poll_transmit().unwrap();
+        let core = &mut w.core;
+        // The same token from another address, a relay-to-client message, junk, too long.
+        core.handle_datagram(now, addr(9), &d);
+        let mut cookie = Vec::new();
+        let c = [0u8; 24];
+        Outer::Cookie {
+            version: 2,
+            cookie: &c,
+        }
+        .write(&mut cookie);
+        core.handle_datagram(now, addr(4001), &cookie);
+        core.handle_datagram(now, addr(4001), &[0, 0x42, 0, 0]);
+        core.handle_datagram(now, addr(4001), &[0; MAX_DATAGRAM + 1]);
+        let s = core.stats();
+        assert_eq!(s.drops(DropReason::UnknownSender), 1);
+        assert_eq!(s.drops(DropReason::UnexpectedType), 1);
+        assert_eq!(s.drops(DropReason::UnknownType), 1);
+        assert_eq!(s.drops(DropReason::Oversized), 1);
+        assert_eq!(s.messages_in, 0);
+        // A replay of a relayed message is dropped too.
+        core.handle_datagram(now, addr(4001), &d);
+        core.handle_datagram(now, addr(4001), &d);
+        assert_eq!(core.stats().messages_in, 1);
+        assert_eq!(core.stats().drops(DropReason::Replay), 1);
+    }
+
+    #[test]
+    fn kick_disconnect_timeout_and_shutdown_end_sessions() {
+        let cfg = Config {
+            client_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let mut w = Net::new(cfg);
+        let t0 = w.now;
+        let (_, ida) = w.client(4001);
+        let (mut b, idb) = w.client(4002);
+        let (_, idc) = w.client(4003);
+        assert_eq!(w.core.kick(t0, KickTarget::Id(ida)), Some(ida));
+        assert_eq!(w.core.kick(t0, KickTarget::Id(ida)), None);
+        b.disconnect(t0);
+        w.send(addr(4002), &mut b);
+        assert_eq!(w.core.client_count(), 1);
+        w.core.handle_timeout(t0 + Duration::from_secs(3));
+        assert_eq!(w.core.client_count(), 0);
+        assert_eq!(w.core.stats().timeouts, 1);
+        let left: Vec<_> = events(&mut w.core)
+            .into_iter()
+            .filter_map(|e| match e {
+                RelayEvent::Left { id, reason, .. } => Some((id, reason)),
+                _ => None,
+            })
+            .collect();
+        let want = vec![
+            (ida, LeaveReason::Kicked),
+            (idb, LeaveReason::Disconnect),
+            (idc, LeaveReason::Timeout),
+        ];
+        assert_eq!(left, want);
+        w.now = t0 + Duration::from_secs(3);
+        let (_, idd) = w.client(4004);
+        w.core.shutdown(w.now);
+        assert!(w.core.is_shut_down());
+        assert!(events(&mut w.core).contains(&RelayEvent::Left {
+            id: idd,
+            addr: addr(4004),
+            reason: LeaveReason::Shutdown
+        }));
+    }
+
+    #[test]
+    fn poll_timeout_is_never_late_and_early_calls_are_harmless() {
+        let mut w = Net::new(Config::default());
+        let t0 = w.now;
+        w.client(4001);
+        let at = w.core.poll_timeout().expect("a liveness timer");
+        assert!(at <= t0 + Duration::from_secs(30));
+        for _ in 0..3 {
+            w.core.handle_timeout(t0 + Duration::from_secs(1));
+        }
+        assert_eq!(w.core.client_count(), 1);
+    }
+}

@@ -1,8 +1,9 @@
-//! Batched UDP I/O: `recvmmsg` / `sendmmsg` on Linux, one datagram per syscall elsewhere.
+//! Batched UDP I/O with `recvmmsg` / `sendmmsg` (Linux only: mcrelay has no fallback for
+//! other systems, see docs/architecture.md).
 //!
-//! This is the only module with `unsafe`: building `mmsghdr` arrays for the two syscalls.
-//! Every pointer handed to the kernel points into a buffer that outlives the call, and
-//! every length comes from that buffer.
+//! One of the two modules with `unsafe` (the other is `crypto::multi`): building `mmsghdr`
+//! arrays for the two syscalls. Every pointer handed to the kernel points into a buffer that
+//! outlives the call, and every length comes from that buffer.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
