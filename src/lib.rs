@@ -11,4 +11,5 @@ pub mod control;
 pub mod core;
 pub mod crypto;
 pub mod driver;
+pub mod nats;
 pub mod wire;
