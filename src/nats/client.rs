@@ -35,6 +35,8 @@ const FRAME_OVERHEAD: usize = 2 * MAX_SUBJECT_LEN + 32;
 const MAX_HANDSHAKE: usize = 6 * (MAX_NAME_LEN + 2 * MAX_CREDENTIAL_LEN)
     + 512
     + MAX_SUBSCRIPTIONS * (2 * MAX_SUBJECT_LEN + 32);
+/// Queue capacity kept once it is empty again.
+const PENDING_KEEP: usize = 64 * 1024;
 /// The transmit buffer is compacted once this much of it has been written.
 const COMPACT_AT: usize = 64 * 1024;
 /// Longest back-off or connect timeout accepted (keeps the arithmetic small).
@@ -94,7 +96,9 @@ pub struct NatsConfig {
     /// On lame-duck notice, leave the server after a random delay in `[0, this]`.
     pub lame_duck_jitter: Duration,
     /// Publish queue (encoded bytes) while disconnected or while the transmit buffer is full;
-    /// the oldest queued publish is dropped (counted) to make room.
+    /// the oldest queued publishes are dropped (counted) to make room. A single publish larger
+    /// than this is queued alone. 0: no queue (such publishes fail with
+    /// [`NatsError::QueueFull`]).
     pub max_pending_bytes: usize,
     /// Bytes of publishes handed to the transmit buffer before new ones wait in the queue.
     pub max_transmit_bytes: usize,
@@ -114,7 +118,7 @@ impl Default for NatsConfig {
             reconnect_base: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             lame_duck_jitter: Duration::from_secs(2),
-            max_pending_bytes: 1 << 20,
+            max_pending_bytes: 2 << 20,
             max_transmit_bytes: 256 * 1024,
             discover: true,
         }
@@ -226,8 +230,8 @@ pub enum NatsError {
         /// The limit in force.
         max: usize,
     },
-    /// The message could not be sent now and is larger than the whole publish queue
-    /// (counted in `dropped_queue_full`).
+    /// The message could not be written now and `max_pending_bytes` is 0 (no queue; counted
+    /// in `dropped_queue_full`).
     QueueFull {
         /// Encoded size.
         frame: usize,
@@ -411,8 +415,7 @@ pub struct NatsStats {
     pub stale_connections: u64,
     /// Server PINGs answered.
     pub pings_answered: u64,
-    /// Queued publishes dropped to make room (oldest first), or refused as larger than the
-    /// queue.
+    /// Queued publishes dropped to make room (oldest first), or refused for want of a queue.
     pub dropped_queue_full: u64,
     /// Publishes refused or dropped for exceeding the server's `max_payload`.
     pub dropped_max_payload: u64,
@@ -1067,6 +1070,10 @@ impl NatsClient {
             self.stats.msgs_out += 1;
             self.stats.bytes_out += payload as u64;
         }
+        // An outage's queue does not pin its memory once flushed.
+        if self.pending.is_empty() && self.pending.capacity() > PENDING_KEEP {
+            self.pending.shrink_to(PENDING_KEEP);
+        }
     }
 
     fn pop_oldest(&mut self) {
@@ -1137,10 +1144,11 @@ impl NatsClient {
             return Ok(());
         }
         let max = self.cfg.max_pending_bytes;
-        if frame > max {
+        if max == 0 {
             self.stats.dropped_queue_full += 1;
             return Err(NatsError::QueueFull { frame, max });
         }
+        // Drop the oldest to make room; a message larger than the whole queue is kept alone.
         while self.pending.len() + frame > max && !self.pending_frames.is_empty() {
             self.pop_oldest();
             self.stats.dropped_queue_full += 1;
@@ -1268,7 +1276,8 @@ impl NatsClient {
         self.max_payload
     }
 
-    /// Bytes of publishes waiting in the queue (at most `max_pending_bytes`).
+    /// Bytes of publishes waiting in the queue: at most `max_pending_bytes`, or one publish
+    /// when that is larger.
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
     }

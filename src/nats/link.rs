@@ -9,7 +9,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use super::client::{NatsClient, NatsMsg};
+use super::client::{NatsClient, NatsError, NatsMsg};
 
 /// Bytes read per readiness event (or timeout) before other sources get a turn. The link
 /// then asks, through [`NatsLink::poll_timeout`], to be called again at once: mio is
@@ -145,6 +145,26 @@ impl NatsLink {
             self.read(registry, now, on_msg);
         }
         self.drive(registry, now);
+    }
+
+    /// [`NatsClient::publish`], writing to the socket at once when the transmit buffer is full
+    /// (so a burst queues, and drops, only when the kernel will not take more). Small
+    /// publishes are batched until the next turn.
+    pub fn publish(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<(), NatsError> {
+        if self.client.pending_messages() > 0 && !self.stopped {
+            self.drive(registry, now);
+        }
+        let r = self.client.publish(subject, payload);
+        if self.client.pending_messages() > 0 && !self.stopped {
+            self.drive(registry, now);
+        }
+        r
     }
 
     /// Write pending output now (after publishing, instead of waiting for the next turn).

@@ -567,19 +567,6 @@ fn disconnected_queue_is_bounded_and_drops_the_oldest() {
     assert_eq!(t.c.pending_messages(), 10);
     assert_eq!(t.c.pending_bytes(), 950);
     assert_eq!(t.c.stats().dropped_queue_full, 20);
-    assert_eq!(
-        t.c.publish("big", &[0; 990]),
-        Err(NatsError::QueueFull {
-            frame: 1005,
-            max: 1000
-        })
-    );
-    assert_eq!(t.c.stats().dropped_queue_full, 21);
-    assert_eq!(
-        t.c.pending_messages(),
-        10,
-        "a refused message drops nothing"
-    );
     // Flushed after the handshake: the newest ten, in order.
     t.handshake();
     let out = t.out_text();
@@ -591,6 +578,30 @@ fn disconnected_queue_is_bounded_and_drops_the_oldest() {
     let want: Vec<String> = (20..30).map(|i| format!("s.{i:02}")).collect();
     assert_eq!(subjects, want);
     assert_eq!(t.c.pending_bytes(), 0);
+}
+
+#[test]
+fn a_message_larger_than_the_queue_is_queued_alone() {
+    let mut c = cfg(&[1]);
+    c.max_pending_bytes = 1000;
+    let mut t = T::new(c);
+    t.c.publish("a", &[1; 80]).unwrap();
+    t.c.publish("big", &[0; 990]).unwrap();
+    assert_eq!(t.c.pending_messages(), 1);
+    assert_eq!(t.c.pending_bytes(), 1005);
+    assert_eq!(t.c.stats().dropped_queue_full, 1);
+    t.c.publish("b", &[2; 80]).unwrap();
+    assert_eq!(t.c.pending_messages(), 1, "the big one made room");
+    assert_eq!(t.c.pending_bytes(), 92);
+    // No queue at all.
+    let mut c = cfg(&[1]);
+    c.max_pending_bytes = 0;
+    let mut t = T::new(c);
+    assert_eq!(
+        t.c.publish("a", b"x"),
+        Err(NatsError::QueueFull { frame: 12, max: 0 })
+    );
+    assert_eq!(t.c.stats().dropped_queue_full, 1);
 }
 
 #[test]
