@@ -494,7 +494,6 @@ enum Conn {
 }
 
 /// The sans-IO NATS client. See the [module docs](super).
-#[derive(Debug)]
 pub struct NatsClient {
     cfg: NatsConfig,
     conn: Conn,
@@ -518,6 +517,21 @@ pub struct NatsClient {
     scratch: Vec<u8>,
     events: VecDeque<NatsEvent>,
     stats: NatsStats,
+}
+
+/// No buffers: the transmit buffer holds the CONNECT line, credentials included.
+impl fmt::Debug for NatsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsClient")
+            .field("state", &self.state())
+            .field("server", &self.server_addr())
+            .field("servers", &self.servers.len())
+            .field("subscriptions", &self.subs.len())
+            .field("transmit_bytes", &self.held())
+            .field("pending_bytes", &self.pending.len())
+            .field("config", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 fn is_fatal(message: &str) -> bool {

@@ -22,7 +22,6 @@ pub const READ_CHUNK: usize = 64 * 1024;
 const CONNECTS_PER_CALL: usize = 4;
 
 /// The mio adapter. See the [module docs](super) for how a host drives it.
-#[derive(Debug)]
 pub struct NatsLink {
     client: NatsClient,
     token: Token,
@@ -37,6 +36,18 @@ pub struct NatsLink {
     /// An instant in the past: "call me at once".
     epoch: Instant,
     stopped: bool,
+}
+
+impl std::fmt::Debug for NatsLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsLink")
+            .field("token", &self.token)
+            .field("socket", &self.stream.is_some())
+            .field("connecting", &self.connecting)
+            .field("read_more", &self.read_more)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsLink {

@@ -52,8 +52,10 @@
 //!     let timeout = link.poll_timeout().map(|t| t.saturating_duration_since(Instant::now()));
 //!     poll.poll(&mut events, timeout.or(Some(Duration::from_secs(1))))?;
 //!     let now = Instant::now();
-//!     for ev in events.iter().filter(|e| link.owns(e.token())) {
-//!         link.handle_event(poll.registry(), ev, now, &mut on_msg);
+//!     for ev in events.iter() {
+//!         if link.owns(ev.token()) {
+//!             link.handle_event(poll.registry(), ev, now, &mut on_msg);
+//!         }
 //!     }
 //!     if link.poll_timeout().is_some_and(|t| t <= now) {
 //!         link.handle_timeout(poll.registry(), now, &mut on_msg);

@@ -149,8 +149,11 @@ enum State {
     Payload(MsgHeader),
 }
 
-/// Incremental parser of server-to-client operations. See the [module docs](self).
-#[derive(Debug)]
+/// Incremental parser of server-to-client operations: fed byte chunks as they come, an
+/// operation may be split anywhere. Payloads borrow the input when whole in it, the parser's
+/// reused buffers otherwise. Control lines are capped ([`MAX_CONTROL_LINE`], [`MAX_INFO_LINE`]
+/// for INFO) and payloads by [`Parser::set_max_payload`]; after an error it refuses input until
+/// [`Parser::reset`].
 pub struct Parser {
     state: State,
     /// A partial control line, or the control line of a `MSG` whose payload is pending.
@@ -161,6 +164,17 @@ pub struct Parser {
     handed_out: bool,
     max_payload: usize,
     failed: bool,
+}
+
+impl fmt::Debug for Parser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parser")
+            .field("state", &self.state)
+            .field("buffered", &self.buffered())
+            .field("max_payload", &self.max_payload)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Parser {
