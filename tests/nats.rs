@@ -91,7 +91,10 @@ impl Net {
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(max_wait)
             .min(max_wait);
-        self.poll.poll(&mut self.events, Some(wait)).expect("poll");
+        match self.poll.poll(&mut self.events, Some(wait)) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.events.clear(),
+            r => r.expect("poll"),
+        }
         let now = Instant::now();
         let registry = self.poll.registry();
         for ev in self.events.iter() {
