@@ -26,6 +26,9 @@ pub const MAX_CREDENTIAL_LEN: usize = 1024;
 /// Longest wait, after a lame-duck move was due, for the transmit buffer to drain to the old
 /// server before the link is closed anyway.
 pub const LAME_DUCK_DRAIN: Duration = Duration::from_secs(1);
+/// A link must stay up this long for its loss to earn an immediate reconnect; a shorter one
+/// counts as a failed attempt (a server that accepts and drops cannot make us spin).
+pub const STABLE_LINK: Duration = Duration::from_secs(1);
 /// Control operations (PONG, PING, SUB, UNSUB) may exceed `max_transmit_bytes` by this much
 /// before a server that does not read is given up on.
 const CONTROL_HEADROOM: usize = 64 * 1024;
@@ -481,6 +484,7 @@ enum Conn {
         deadline: Instant,
     },
     Up {
+        since: Instant,
         next_ping: Instant,
         pings_out: u32,
         lame_duck_at: Option<Instant>,
@@ -488,7 +492,8 @@ enum Conn {
     },
     Closing {
         reason: DisconnectReason,
-        was_up: bool,
+        /// `Some(since)` when the link had completed its handshake.
+        up_since: Option<Instant>,
     },
     Closed,
 }
@@ -500,7 +505,7 @@ pub struct NatsClient {
     servers: Vec<SocketAddr>,
     /// Index into `servers` of the server in use, or tried last.
     current: usize,
-    /// Consecutive failed attempts since the last completed handshake.
+    /// Consecutive failed attempts (a link shorter than [`STABLE_LINK`] counts as one).
     failures: u32,
     rng: u64,
     parser: Parser,
@@ -604,14 +609,15 @@ impl NatsClient {
     /// The socket is gone: EOF, an error, a refused connect, or the host closed it after
     /// [`wants_close`](Self::wants_close). Schedules the next attempt.
     pub fn handle_disconnected(&mut self, now: Instant) {
-        let (reason, was_up) = match &self.conn {
+        let (reason, up_since) = match &self.conn {
             Conn::Waiting { .. } | Conn::Closed => return,
             Conn::Connecting { .. } | Conn::AwaitInfo { .. } | Conn::AwaitPong { .. } => {
-                (DisconnectReason::Io, false)
+                (DisconnectReason::Io, None)
             }
-            Conn::Up { .. } => (DisconnectReason::Io, true),
-            Conn::Closing { reason, was_up } => (reason.clone(), *was_up),
+            Conn::Up { since, .. } => (DisconnectReason::Io, Some(*since)),
+            Conn::Closing { reason, up_since } => (reason.clone(), *up_since),
         };
+        let was_up = up_since.is_some();
         let server = self.server_addr();
         let lost = self.out.len().saturating_sub(self.out_pos);
         self.stats.lost_transmit_bytes += lost as u64;
@@ -641,13 +647,15 @@ impl NatsClient {
             self.pending_frames.clear();
             return;
         }
+        let left_lame_duck = reason == DisconnectReason::LameDuck;
         if let Some(e) = event(reason) {
             self.push_event(e);
         }
         if !self.servers.is_empty() {
             self.current = (self.current + 1) % self.servers.len();
         }
-        let at = if was_up {
+        let stable = up_since.is_some_and(|t| now.saturating_duration_since(t) >= STABLE_LINK);
+        let at = if stable || (was_up && left_lame_duck) {
             // A link that was up: the next server at once.
             self.failures = 0;
             now
@@ -679,16 +687,16 @@ impl NatsClient {
                 self.pending.clear();
                 self.pending_frames.clear();
             }
-            Conn::Up { .. } => {
+            Conn::Up { since, .. } => {
                 self.conn = Conn::Closing {
                     reason: DisconnectReason::Closed,
-                    was_up: true,
+                    up_since: Some(*since),
                 }
             }
             Conn::Connecting { .. } | Conn::AwaitInfo { .. } | Conn::AwaitPong { .. } => {
                 self.conn = Conn::Closing {
                     reason: DisconnectReason::Closed,
-                    was_up: false,
+                    up_since: None,
                 }
             }
         }
@@ -879,12 +887,12 @@ impl NatsClient {
         match &mut self.conn {
             Conn::AwaitPong { .. } => {
                 self.conn = Conn::Up {
+                    since: now,
                     next_ping: now + self.cfg.ping_interval,
                     pings_out: 0,
                     lame_duck_at: None,
                     draining_until: None,
                 };
-                self.failures = 0;
                 if self.stats.connects > 0 {
                     self.stats.reconnects += 1;
                 }
@@ -917,12 +925,12 @@ impl NatsClient {
 
     /// Ask the host to close the socket, unless there is none or it is already closing.
     fn close_link(&mut self, reason: DisconnectReason) {
-        let was_up = match self.conn {
-            Conn::Up { .. } => true,
-            Conn::Connecting { .. } | Conn::AwaitInfo { .. } | Conn::AwaitPong { .. } => false,
+        let up_since = match self.conn {
+            Conn::Up { since, .. } => Some(since),
+            Conn::Connecting { .. } | Conn::AwaitInfo { .. } | Conn::AwaitPong { .. } => None,
             Conn::Waiting { .. } | Conn::Closing { .. } | Conn::Closed => return,
         };
-        self.conn = Conn::Closing { reason, was_up };
+        self.conn = Conn::Closing { reason, up_since };
     }
 
     // ------------------------------------------------------------ timers
@@ -964,6 +972,7 @@ impl NatsClient {
                 pings_out,
                 lame_duck_at,
                 draining_until,
+                ..
             } => {
                 if draining_until.is_none() && lame_duck_at.is_some_and(|t| now >= t) {
                     *draining_until = Some(now + LAME_DUCK_DRAIN);

@@ -80,7 +80,7 @@ mod proto;
 pub use client::{
     DisconnectReason, LAME_DUCK_DRAIN, MAX_CREDENTIAL_LEN, MAX_EVENTS, MAX_NAME_LEN, MAX_SERVERS,
     MAX_SUBSCRIPTIONS, NatsAuth, NatsClient, NatsConfig, NatsConfigError, NatsError, NatsEvent,
-    NatsMsg, NatsState, NatsStats,
+    NatsMsg, NatsState, NatsStats, STABLE_LINK,
 };
 pub use json::{
     JsonError, MAX_CONNECT_URLS, MAX_DEPTH, ServerInfo, parse_info, parse_ip_literal,

@@ -71,7 +71,11 @@ impl T {
         String::from_utf8(self.take_out()).unwrap()
     }
 
+    /// Wait for the next attempt (if it is not due yet), connect.
     fn connect(&mut self) -> SocketAddr {
+        if self.c.state() == NatsState::Waiting {
+            self.now = self.now.max(self.c.poll_timeout().unwrap());
+        }
         let s = self.c.poll_connect(self.now).expect("an attempt is due");
         self.c.handle_connected(self.now);
         s
@@ -289,12 +293,24 @@ fn reconnect_schedule_backs_off_with_jitter_across_all_servers() {
     let ports: Vec<u16> = order.iter().map(|a| a.port()).collect();
     assert_eq!(ports, [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2]);
     assert_eq!(t.c.stats().connect_failures, 10);
-    // Success resets the back-off; a later drop reconnects at once, to the next server.
+    // A link that drops right after its handshake is one more failure (no spinning on a
+    // server that accepts and drops).
     t.c.handle_connected(t.now);
     t.input(INFO);
     t.input(b"PONG\r\n");
+    t.now += STABLE_LINK - Duration::from_millis(1);
     t.c.handle_disconnected(t.now);
+    let wait = t.wait_until_attempt();
+    assert!(wait >= max / 2 && wait <= max, "{wait:?}");
+    // A link that stayed up resets the back-off: the next server at once, then from base.
+    t.now += wait;
     assert_eq!(t.c.poll_connect(t.now), Some(addr(3)));
+    t.c.handle_connected(t.now);
+    t.input(INFO);
+    t.input(b"PONG\r\n");
+    t.now += STABLE_LINK;
+    t.c.handle_disconnected(t.now);
+    assert_eq!(t.c.poll_connect(t.now), Some(addr(1)));
     t.c.handle_disconnected(t.now);
     let wait = t.wait_until_attempt();
     assert!(wait >= base / 2 && wait <= base, "{wait:?}");
