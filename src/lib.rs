@@ -62,6 +62,7 @@ pub mod crypto;
 pub mod driver;
 mod error;
 pub mod monitor;
+pub mod nats;
 pub mod proto;
 pub mod wire;
 
