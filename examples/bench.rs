@@ -52,6 +52,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Where relay datagrams "come from" in this sans-IO harness (clients lock onto it).
+const RELAY: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 254),
+    9,
+));
+
 // ------------------------------------------------------------------ counting allocator
 
 /// Counts what the server thread allocates (it sets `TRACK`); other threads cost one TLS read.
@@ -1000,7 +1006,7 @@ impl Gen {
             let now_ns = (now - self.epoch).as_nanos() as u64;
             let mut got = false;
             for k in 0..n {
-                let Some((_, bytes, _)) = self.rx.get(k) else {
+                let Some((from, bytes, _)) = self.rx.get(k) else {
                     continue;
                 };
                 match self.sys {
@@ -1022,7 +1028,7 @@ impl Gen {
                     }
                     Sys::Relay => {
                         let s = self.sess[i].as_mut().unwrap();
-                        s.handle_datagram(now, bytes);
+                        s.handle_datagram(now, from, bytes);
                         while let Some(ev) = self.sess[i].as_mut().unwrap().poll_event() {
                             if let Event::Message { data, .. } = ev {
                                 got = true;
@@ -1413,7 +1419,7 @@ fn pump(core: &mut RelayCore, peers: &mut [Peer], now: Instant) {
         core.advance_transmits(out.len(), 0);
         for (to, d) in out {
             if let Some(p) = peers.iter_mut().find(|p| p.addr == to) {
-                p.s.handle_datagram(now, &d);
+                p.s.handle_datagram(now, RELAY, &d);
                 while p.s.poll_event().is_some() {}
                 moved = true;
             }

@@ -293,7 +293,10 @@ impl GroupConfig {
             ));
         }
         if self.grace > Duration::from_secs(60) {
-            return Err(ConfigError::new("distribution.grace", "must be at most 60s"));
+            return Err(ConfigError::new(
+                "distribution.grace",
+                "must be at most 60s",
+            ));
         }
         if self.rotate_messages == 0 {
             return Err(ConfigError::new(
@@ -302,7 +305,10 @@ impl GroupConfig {
             ));
         }
         if self.rotate_age.is_zero() {
-            return Err(ConfigError::new("distribution.rotate_age", "must be positive"));
+            return Err(ConfigError::new(
+                "distribution.rotate_age",
+                "must be positive",
+            ));
         }
         if self.key_resend.is_zero() || self.key_resend >= client_timeout {
             return Err(ConfigError::new(

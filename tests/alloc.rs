@@ -19,6 +19,12 @@ use mcrelay::core::{Config, RelayCore};
 use mcrelay::crypto::key::ServerKey;
 use mcrelay::crypto::rng::Rng;
 
+/// Where relay datagrams "come from" in this sans-IO harness (clients lock onto it).
+const RELAY: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 254),
+    9,
+));
+
 struct Counting;
 
 thread_local! {
@@ -99,7 +105,7 @@ fn pump(core: &mut RelayCore, peers: &mut [Peer], now: Instant) {
         core.advance_transmits(out.len(), 0);
         for (to, d) in out {
             if let Some(p) = peers.iter_mut().find(|p| p.addr == to) {
-                p.s.handle_datagram(now, &d);
+                p.s.handle_datagram(now, RELAY, &d);
                 moved = true;
             }
         }
@@ -195,7 +201,7 @@ fn relaying_allocates_nothing_per_message() {
             assert_eq!(out.len(), 6);
             for (to, d) in out {
                 let p = peers.iter_mut().find(|p| p.addr == to).unwrap();
-                p.s.handle_datagram(now, &d);
+                p.s.handle_datagram(now, RELAY, &d);
                 match p.s.poll_event() {
                     Some(Event::Message { data, .. }) => assert_eq!(data, body),
                     other => panic!("expected the message, got {other:?}"),

@@ -12,6 +12,12 @@ use mcrelay::client::{ClientSession, Event};
 use mcrelay::crypto::rng::Rng;
 use mcrelay::{Config, DropReason, RelayCore};
 
+/// Where relay datagrams "come from" in this sans-IO harness (clients lock onto it).
+const RELAY: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 254),
+    9,
+));
+
 struct SimClient {
     addr: SocketAddr,
     session: ClientSession,
@@ -70,11 +76,16 @@ impl Sim {
 
     /// A client that speaks only protocol version 1 (as tests/interop/pyclient.py does).
     fn add_v1_client(&mut self, port: u16) -> usize {
+        self.add_client_up_to(1, port)
+    }
+
+    /// A client that offers at most protocol version `max`.
+    fn add_client_up_to(&mut self, max: u16, port: u16) -> usize {
         let mut seed = [0u8; 32];
         self.rng.fill(&mut seed);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut session = ClientSession::new(Rng::from_seed(seed), None, None, self.now);
-        session.set_max_version(1, self.now);
+        session.set_max_version(max, self.now);
         self.clients.push(SimClient {
             addr,
             session,
@@ -106,7 +117,7 @@ impl Sim {
             for (to, bytes) in out {
                 moved = true;
                 if let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) {
-                    c.session.handle_datagram(self.now, &bytes);
+                    c.session.handle_datagram(self.now, RELAY, &bytes);
                     while let Some(e) = c.session.poll_event() {
                         c.events.push(e);
                     }
@@ -358,36 +369,47 @@ fn shutdown_frees_reassemblies_and_tells_everyone() {
     }
 }
 
-/// Version 1 (base64 tokens) and version 2 (binary tokens) clients share one relay: each gets
-/// every message in its own form, and version 2's datagrams are smaller.
+/// Version 1 (base64 tokens), version 2 (binary tokens) and version 3 clients share one
+/// relay: each gets every message in its own form, and binary datagrams are smaller.
 #[test]
-fn version_1_and_version_2_clients_share_a_relay() {
+fn versions_1_2_and_3_share_a_relay() {
     let mut sim = Sim::new(Config::default(), 5);
-    let v2 = sim.add_client();
+    let v2 = sim.add_client_up_to(2, 45001);
     let v1 = sim.add_v1_client(45000);
+    let v3 = sim.add_client();
     assert_eq!(sim.clients[v1].session.version(), 1);
     assert_eq!(sim.clients[v2].session.version(), 2);
+    assert_eq!(sim.clients[v3].session.version(), 3);
     sim.take_events(v1);
     sim.take_events(v2);
-    for (from, to) in [(v1, v2), (v2, v1)] {
+    sim.take_events(v3);
+    for from in [v1, v2, v3] {
         let body = vec![b'x'; 100];
         sim.clients[from].session.send(sim.now, &body).unwrap();
         sim.pump();
-        let got = sim.take_events(to);
-        assert_eq!(
-            got,
-            vec![Event::Message {
-                sender: sim.id(from),
-                name: None,
-                data: body
-            }],
-            "{from} -> {to}"
-        );
+        for to in [v1, v2, v3] {
+            let got: Vec<_> = sim
+                .take_events(to)
+                .into_iter()
+                .filter(|e| matches!(e, Event::Message { .. }))
+                .collect();
+            let want = if to == from {
+                vec![]
+            } else {
+                vec![Event::Message {
+                    sender: sim.id(from),
+                    name: None,
+                    data: body.clone(),
+                }]
+            };
+            assert_eq!(got, want, "{from} -> {to}");
+        }
     }
     // The same 100-byte message: 252 bytes as base64 text, 189 in binary.
     let v1_len = sim.clients[v1].sent.last().unwrap().len();
     let v2_len = sim.clients[v2].sent.last().unwrap().len();
-    assert_eq!((v1_len, v2_len), (4 + 248, 4 + 185));
+    let v3_len = sim.clients[v3].sent.last().unwrap().len();
+    assert_eq!((v1_len, v2_len, v3_len), (4 + 248, 4 + 185, 4 + 185));
     assert_eq!(sim.core.stats().drops(DropReason::BadToken), 0);
 }
 

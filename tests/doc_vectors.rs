@@ -68,6 +68,7 @@ fn every_documented_byte_is_what_we_encode() {
                 keepalive_ms: 10_000,
                 timeout_ms: 30_000,
                 name: None,
+                dist: None,
             },
         ),
         (

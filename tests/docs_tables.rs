@@ -27,7 +27,7 @@ fn table_after<'a>(doc: &'a str, heading: &str) -> Vec<(&'a str, Vec<&'a str>)> 
 fn as_doc(help: &str) -> String {
     let h = help.trim_end_matches('.');
     let first = h.split(' ').next().unwrap_or("");
-    if first.len() > 1 && first.chars().all(|c| c.is_ascii_uppercase()) {
+    if first.len() > 1 && first.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
         return h.to_string();
     }
     let mut c = h.chars();

@@ -174,6 +174,7 @@ fn python_computed_vectors_match_our_encoder_byte_for_byte() {
                 keepalive_ms: 10_000,
                 timeout_ms: 30_000,
                 name: None,
+                dist: None,
             },
         ),
         (

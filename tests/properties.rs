@@ -21,6 +21,12 @@ use mcrelay::wire::{
 };
 use proptest::prelude::*;
 
+/// Where relay datagrams "come from" in this sans-IO harness (clients lock onto it).
+const RELAY: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 254),
+    9,
+));
+
 fn key_pem() -> &'static str {
     static PEM: OnceLock<String> = OnceLock::new();
     PEM.get_or_init(|| std::fs::read_to_string("fuzz/relay_key.pem").expect("fuzz/relay_key.pem"))
@@ -313,7 +319,7 @@ impl World {
             if let Some(i) = self.addrs.iter().position(|a| a == to)
                 && let Some((c, _)) = self.clients.get_mut(i)
             {
-                c.handle_datagram(self.now, d);
+                c.handle_datagram(self.now, RELAY, d);
                 while c.poll_event().is_some() {}
             }
         }
@@ -332,7 +338,12 @@ impl World {
         let mut r = Rng::from_seed(seed);
         let mut raw = [0u8; 32];
         r.fill(&mut raw);
-        let session = ClientSession::new(Rng::from_seed(seed), None, None, self.now);
+        let mut session = ClientSession::new(Rng::from_seed(seed), None, None, self.now);
+        // Even clients speak version 2 (FRAGMENTs reach the reassembler), odd ones version 3
+        // (sealed pieces), so both paths meet arbitrary input.
+        if i % 2 == 0 {
+            session.set_max_version(2, self.now);
+        }
         self.clients.push((session, FernetKey::from_bytes(&raw)));
         for _ in 0..4 {
             self.flush_client(i);

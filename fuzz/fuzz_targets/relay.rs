@@ -32,6 +32,12 @@ use mcrelay::wire::{
     self, Body, COOKIE_LEN, FRAGMENT_CHUNK, MAX_DATAGRAM, Outer, outer, put_fragment, put_tlv,
 };
 
+/// Where relay datagrams "come from" in this sans-IO harness (clients lock onto it).
+const RELAY: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 254),
+    9,
+));
+
 const KEY_PEM: &str = include_str!("../relay_key.pem");
 const ADDRS: [&str; 6] = [
     "127.0.0.1:4000",
@@ -328,7 +334,7 @@ impl H {
                 self.cookies[slot] = Some(*cookie);
             }
             if let Some(c) = &mut self.clients[slot] {
-                c.handle_datagram(self.now, &d);
+                c.handle_datagram(self.now, RELAY, &d);
                 let own = c.id();
                 while let Some(ev) = c.poll_event() {
                     if let Event::Message { sender, .. } = ev {
@@ -464,6 +470,7 @@ impl H {
                 keepalive_ms: 1,
                 timeout_ms: 2,
                 name: None,
+                dist: None,
             }),
             InnerBody::Message { sender, data } => Some(Body::Message {
                 sender: *sender,
@@ -591,6 +598,7 @@ fn config(s: &Setup) -> Config {
                 .map(|(n, t)| (n.to_string(), t.to_string()))
                 .collect()
         }),
+        distribution: mcrelay::Distribution::Unicast,
     }
 }
 

@@ -1,8 +1,15 @@
-//! A blocking client over a std UDP socket (tests, benchmark, CLI).
+//! A blocking client over UDP sockets (tests, benchmark, CLI): the session's socket, and in
+//! group mode a second one on the distribution group, waited on together with a mio `Poll`.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
+
+use std::os::fd::AsRawFd;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{ClientError, ClientSession, Event};
 use crate::crypto::rng::Rng;
@@ -37,10 +44,13 @@ impl Default for ClientConfig {
     }
 }
 
-/// A UDP socket set up to reach the relay: bound to the interface, multicast sent on it.
+/// A UDP socket set up to reach the relay (protocol.md §1): bound to the interface address
+/// with an ephemeral port, multicast sent on that interface with the given TTL and looped
+/// back (the relay may run on this host).
 pub fn client_socket(cfg: &ClientConfig) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddrV4::new(cfg.iface, 0))?;
     sock.set_multicast_ttl_v4(cfg.ttl)?;
+    sock.set_multicast_loop_v4(true)?;
     let s2 = socket2::SockRef::from(&sock);
     s2.set_multicast_if_v4(&cfg.iface)?;
     // A 74-fragment message is ~90 KB in one burst (protocol.md §6): best effort, capped by
@@ -49,9 +59,29 @@ pub fn client_socket(cfg: &ClientConfig) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
+/// A socket that receives the distribution group `group` (group mode, protocol.md §12):
+/// bound to its port with `SO_REUSEADDR` (every member on the host binds the same port) and
+/// joined on the interface `iface`.
+pub fn group_socket(group: SocketAddrV4, iface: Ipv4Addr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    let _ = s.set_recv_buffer_size(1 << 20);
+    s.bind(&SocketAddrV4::new(*group.ip(), group.port()).into())?;
+    s.join_multicast_v4(group.ip(), &iface)?;
+    Ok(s.into())
+}
+
+const SESSION: Token = Token(0);
+const GROUP: Token = Token(1);
+
 /// A blocking client (tests, benchmark, CLI).
 pub struct Client {
+    poll: Poll,
+    events: Events,
+    /// Non-blocking, registered with `poll` by its fd.
     sock: UdpSocket,
+    group: Option<UdpSocket>,
+    iface: Ipv4Addr,
     to: SocketAddr,
     session: ClientSession,
     buf: Vec<u8>,
@@ -60,11 +90,31 @@ pub struct Client {
 impl Client {
     /// Handshake with the relay; fails after `timeout`.
     pub fn connect(cfg: &ClientConfig, timeout: Duration) -> Result<Client, ClientError> {
-        let sock = client_socket(cfg)?;
         let rng = Rng::from_os().map_err(|e| ClientError::Io(io::Error::other(e.to_string())))?;
         let session = ClientSession::new(rng, cfg.pin, cfg.admission.clone(), Instant::now());
+        Self::with_session(cfg, session, timeout)
+    }
+
+    /// Handshake with the relay using `session` (already configured, e.g. its max version).
+    pub fn with_session(
+        cfg: &ClientConfig,
+        session: ClientSession,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let sock = client_socket(cfg)?;
+        sock.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&sock.as_raw_fd()),
+            SESSION,
+            Interest::READABLE,
+        )?;
         let mut c = Client {
+            poll,
+            events: Events::with_capacity(64),
             sock,
+            group: None,
+            iface: cfg.iface,
             to: SocketAddr::from((cfg.group, cfg.port)),
             session,
             buf: vec![0; 65536],
@@ -76,6 +126,7 @@ impl Client {
                 return Err(e);
             }
             if c.session.id().is_some() {
+                c.join_group()?;
                 return Ok(c);
             }
             let now = Instant::now();
@@ -92,6 +143,30 @@ impl Client {
         }
     }
 
+    /// In group mode, receive the distribution group too (and stop when the mode is gone).
+    fn join_group(&mut self) -> io::Result<()> {
+        match (self.session.group_addr(), &mut self.group) {
+            (Some(addr), None) => {
+                let s = group_socket(addr, self.iface)?;
+                s.set_nonblocking(true)?;
+                let fd = s.as_raw_fd();
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), GROUP, Interest::READABLE)?;
+                self.group = Some(s);
+            }
+            (None, Some(s)) => {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&s.as_raw_fd()));
+                self.group = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Our client id (0 when not registered).
     pub fn id(&self) -> u32 {
         self.session.id().unwrap_or(0)
@@ -100,7 +175,7 @@ impl Client {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.local_addr()
     }
-    /// The socket.
+    /// The session's socket (non-blocking).
     pub fn socket(&self) -> &UdpSocket {
         &self.sock
     }
@@ -116,29 +191,52 @@ impl Client {
     /// Send queued datagrams.
     pub fn flush(&mut self) -> io::Result<()> {
         while let Some(d) = self.session.poll_transmit() {
-            self.sock.send_to(&d, self.to)?;
+            match self.sock.send_to(&d, self.to) {
+                Ok(_) => {}
+                // Non-blocking: a full send buffer drops the datagram, as the network would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
 
-    /// Read datagrams until `until` or until one arrives (then everything queued).
-    fn wait(&mut self, until: Instant) -> io::Result<()> {
-        let now = Instant::now();
-        if until > now {
-            self.sock
-                .set_read_timeout(Some((until - now).max(Duration::from_millis(1))))?;
-            match self.sock.recv_from(&mut self.buf) {
-                Ok((n, _)) => self.session.handle_datagram(Instant::now(), &self.buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
+    fn drain(&mut self, token: Token, now: Instant) -> io::Result<()> {
+        loop {
+            let sock = match token {
+                SESSION => &self.sock,
+                _ => match &self.group {
+                    Some(g) => g,
+                    None => return Ok(()),
+                },
+            };
+            match sock.recv_from(&mut self.buf) {
+                Ok((n, from)) => self.session.handle_datagram(now, from, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Read datagrams until `until` or until some arrive (then everything queued).
+    fn wait(&mut self, until: Instant) -> io::Result<()> {
+        let now = Instant::now();
+        let timeout = until
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let ready: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
+        let now = Instant::now();
+        for t in ready {
+            self.drain(t, now)?;
+        }
         self.session.handle_timeout(Instant::now());
-        Ok(())
+        self.join_group()
     }
 
     /// Send a message to everyone else.

@@ -103,10 +103,18 @@ impl GroupView {
             fernet::decrypt_raw_into(k.fernet(), token, plain).is_ok()
         };
         if let Some(k) = self.current.as_ref().filter(|k| k.epoch == epoch) {
-            return if try_key(k, plain) { Opened::Plain } else { Opened::Bad };
+            return if try_key(k, plain) {
+                Opened::Plain
+            } else {
+                Opened::Bad
+            };
         }
         if let Some((k, _)) = self.previous.as_ref().filter(|(k, _)| k.epoch == epoch) {
-            return if try_key(k, plain) { Opened::Plain } else { Opened::Bad };
+            return if try_key(k, plain) {
+                Opened::Plain
+            } else {
+                Opened::Bad
+            };
         }
         let Some(cur) = self.current.as_ref() else {
             return Opened::NoKey(self.pull(now, epoch));
@@ -176,7 +184,10 @@ mod tests {
         let mut plain = Vec::new();
         let k1 = EpochKey::new(1, &[1; 32]);
         assert!(g.install(t0, 1, k1.raw()));
-        assert!(!g.install(t0, 1, k1.raw()), "the same epoch again is not new");
+        assert!(
+            !g.install(t0, 1, k1.raw()),
+            "the same epoch again is not new"
+        );
         assert_eq!(g.open(t0, 1, &seal(&k1, b"a"), &mut plain), Opened::Plain);
         assert_eq!(plain, b"a");
         // Two joins later: the ratchet, followed by the member itself.
@@ -200,7 +211,11 @@ mod tests {
         let t = seal(&fresh, b"x");
         assert_eq!(g.open(t0, 2, &t, &mut plain), Opened::NoKey(Some(2)));
         g.install(t0, 1, k1.raw());
-        assert_eq!(g.open(t0, 2, &t, &mut plain), Opened::NoKey(None), "rate-limited");
+        assert_eq!(
+            g.open(t0, 2, &t, &mut plain),
+            Opened::NoKey(None),
+            "rate-limited"
+        );
         let t1 = t0 + PULL_INTERVAL;
         assert_eq!(g.open(t1, 2, &t, &mut plain), Opened::NoKey(Some(2)));
         assert!(g.install(t1, 2, fresh.raw()));

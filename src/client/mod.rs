@@ -3,6 +3,7 @@
 //! benchmark and `mcrelay client` use.
 
 mod blocking;
+mod group;
 mod session;
 
 use std::fmt;
@@ -11,8 +12,27 @@ use std::io;
 use crate::crypto::key::hex;
 use crate::wire::{LeaveReason, MAX_BODY};
 
-pub use blocking::{Client, ClientConfig, client_socket};
-pub use session::ClientSession;
+pub use blocking::{Client, ClientConfig, client_socket, group_socket};
+pub use session::{ClientSession, ClientStats, FATAL_REJECTS, MAX_RETRY, PROBE, RETRY};
+
+/// Why a client believes its session is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// The relay answered NO_SESSION and did not answer the keep-alive that checked it.
+    NoSession,
+    /// Nothing authenticated came from the relay for its timeout.
+    Silence,
+}
+
+impl LostReason {
+    /// The word `mcrelay client` prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            LostReason::NoSession => "no-session",
+            LostReason::Silence => "silence",
+        }
+    }
+}
 
 /// Something the relay told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +75,19 @@ pub enum Event {
     },
     /// The relay is shutting down.
     Shutdown,
+    /// Version 3: a member that was already there when we registered (the member list).
+    Present {
+        /// Its id.
+        id: u32,
+        /// Its admission name.
+        name: Option<String>,
+    },
+    /// Our session is gone; unless reconnecting is off, a new handshake has started (the next
+    /// `Ready` ends it, usually with a new id).
+    Lost {
+        /// What showed it.
+        reason: LostReason,
+    },
 }
 
 /// Why the client gave up.
@@ -141,6 +174,8 @@ pub fn format_event(ev: &Event) -> String {
         Event::Leave { id, reason: r } => format!("leave {id} {}", reason(*r)),
         Event::Closed { reason: r } => format!("closed {}", reason(*r)),
         Event::Shutdown => "shutdown".to_string(),
+        Event::Present { id, name } => format!("present {}", who(*id, name)),
+        Event::Lost { reason: r } => format!("lost {}", r.word()),
     }
 }
 

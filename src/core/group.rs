@@ -177,7 +177,7 @@ impl Group {
 
     /// Send the group item whose body (the TLVs after SEQ) is in `cx.plain` once to the
     /// group, if anyone reads it there; returns its group sequence number.
-    fn to_group(&mut self, cx: &mut Cx<'_>) -> u64 {
+    fn send_on_group(&mut self, cx: &mut Cx<'_>) -> u64 {
         let first = self.gseq;
         let mut next = first;
         let item = if self.readers > 0 {
@@ -203,7 +203,7 @@ impl Group {
 
     /// The unicast copies of a group item: `old` (no GSEQ) for version 1 and 2 members,
     /// `with GSEQ` for version-3 members that do not hold the current key. `body` is the item.
-    fn to_the_rest(
+    fn send_to_the_rest(
         &mut self,
         cx: &mut Cx<'_>,
         except: Option<usize>,
@@ -244,8 +244,8 @@ impl Group {
             Some(m) if m.capable && m.current => readers.saturating_sub(1),
             _ => readers,
         };
-        let item = self.to_group(cx);
-        reached_on_group + self.to_the_rest(cx, except, item, body)
+        let item = self.send_on_group(cx);
+        reached_on_group + self.send_to_the_rest(cx, except, item, body)
     }
 }
 
@@ -325,7 +325,13 @@ impl Strategy for Group {
     }
 
     fn left(&mut self, _cx: &mut Cx<'_>, slot: usize, id: u32) {
-        let Some(m) = self.members.get(slot).copied().flatten().filter(|m| m.id == id) else {
+        let Some(m) = self
+            .members
+            .get(slot)
+            .copied()
+            .flatten()
+            .filter(|m| m.id == id)
+        else {
             return;
         };
         self.members[slot] = None;

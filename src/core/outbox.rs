@@ -15,8 +15,7 @@ use crate::crypto::rng::Rng;
 use crate::proto::fragment;
 use crate::proto::group::EpochKey;
 use crate::wire::{
-    self, Body, FRAGMENT_CHUNK, FRAGMENT_HEADER, Outer, TLV_HEADER, V3_FRAGMENT_CHUNK, inner,
-    outer,
+    self, Body, FRAGMENT_CHUNK, FRAGMENT_HEADER, Outer, TLV_HEADER, V3_FRAGMENT_CHUNK, inner, outer,
 };
 
 /// Capacity kept across flushes; beyond it the buffers shrink once drained.
@@ -152,7 +151,8 @@ impl Outbox {
     ) -> Sealed {
         let body = &plain[fragment::SEQ_TLV..];
         let n = fragment::pieces(body.len());
-        let full = fernet::raw_token_len(fragment::SEQ_TLV + fragment::FRAG_OVERHEAD + V3_FRAGMENT_CHUNK);
+        let full =
+            fernet::raw_token_len(fragment::SEQ_TLV + fragment::FRAG_OVERHEAD + V3_FRAGMENT_CHUNK);
         let wire_bytes = n * (TLV_HEADER + full);
         if n == 0 || !self.has_room(wire_bytes) {
             stats.count_drop(DropReason::SendQueueFull);
@@ -170,7 +170,11 @@ impl Outbox {
             };
             wire::write_inner(&mut piece, s.channel.next_seq(), &frag);
             let start = self.buf.len();
-            wire::put_tlv_header(&mut self.buf, outer::SEALED, s.channel.token_len(piece.len()));
+            wire::put_tlv_header(
+                &mut self.buf,
+                outer::SEALED,
+                s.channel.token_len(piece.len()),
+            );
             s.channel.seal_into(&rng.iv(), unix, &piece, &mut self.buf);
             self.commit(s.addr, start);
         }

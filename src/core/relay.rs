@@ -21,14 +21,14 @@ use log::info;
 
 use super::Input;
 use super::distribution::{Cx, Strategy, Unicast};
-use super::group::Group;
 use super::events::{Events, RelayEvent};
+use super::group::Group;
 use super::handshake::{Handshake, PendingReg, RegisterContext, Registration, reject};
 use super::outbox::Outbox;
+use super::ratelimit::HandshakeBudget;
 use super::session::{ClientInfo, Liveness, Sessions};
 use super::stats::{DropReason, Metric, MetricKind, Stats, Telemetry};
 use super::timer::TimerWheel;
-use super::ratelimit::HandshakeBudget;
 use crate::config::{Config, ConfigError, Distribution};
 use crate::crypto::fernet::{self, FernetError};
 use crate::crypto::key::ServerKey;
@@ -352,9 +352,15 @@ impl RelayCore {
         let Some(slot) = self.sessions.slot_of(&from) else {
             return self.no_session(now, from);
         };
-        let Some(owner) = self.sessions.get(slot).map(|s| s.id) else {
+        let Some((owner, version)) = self.sessions.get(slot).map(|s| (s.id, s.channel.version()))
+        else {
             return;
         };
+        if version >= 3 {
+            // Version 3 fragments travel sealed (FRAG): an unauthenticated FRAGMENT claiming a
+            // version-3 session is someone else's, so it never reaches the reassembler.
+            return self.tel.dropped(now, from, DropReason::UnexpectedType);
+        }
         self.tel.stats.fragments_in += 1;
         match self
             .reassembly
@@ -498,7 +504,13 @@ impl RelayCore {
                 tok.clear();
                 tok.extend_from_slice(body);
                 match wire::parse_reassembled(seq, &tok) {
-                    Ok(sealed @ Sealed { gseq: None, body: Body::Data(_), .. }) => {
+                    Ok(
+                        sealed @ Sealed {
+                            gseq: None,
+                            body: Body::Data(_),
+                            ..
+                        },
+                    ) => {
                         let len = tok.len();
                         self.on_body(now, slot, sealed, len);
                     }

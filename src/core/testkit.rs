@@ -11,6 +11,12 @@ use crate::config::Config;
 use crate::crypto::key::ServerKey;
 use crate::crypto::rng::Rng;
 
+/// Where relay datagrams "come from" in this sans-IO harness (clients lock onto it).
+const RELAY: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 254),
+    9,
+));
+
 /// The committed 2048-bit test key (fuzz/relay_key.pem): no key generation in unit tests.
 pub(crate) fn key() -> ServerKey {
     ServerKey::from_pkcs8_pem(include_str!("../../fuzz/relay_key.pem")).expect("test key")
@@ -66,7 +72,7 @@ impl Net {
     pub(crate) fn deliver(&mut self, to: SocketAddr, c: &mut ClientSession) -> usize {
         let mail = self.take(to);
         for d in &mail {
-            c.handle_datagram(self.now, d);
+            c.handle_datagram(self.now, RELAY, d);
         }
         mail.len()
     }

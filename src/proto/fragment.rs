@@ -4,7 +4,7 @@
 //! other token, so a spoofer cannot inject, replace or replay one.
 
 use crate::crypto::fernet;
-use crate::wire::{V3_FRAGMENT_CHUNK, V3_MAX_FRAGMENTS, TLV_HEADER, MAX_DATAGRAM};
+use crate::wire::{MAX_DATAGRAM, TLV_HEADER, V3_FRAGMENT_CHUNK, V3_MAX_FRAGMENTS};
 
 /// Bytes a SEALED datagram adds around its binary token.
 pub const SEALED_OVERHEAD: usize = TLV_HEADER;
@@ -50,6 +50,9 @@ mod tests {
         let body = 12 + 8 + 36 + 4 + 65535;
         assert_eq!(pieces(body), 61);
         assert_eq!(pieces(V3_FRAGMENT_CHUNK * 64 + 1), 0);
-        assert_eq!(chunks(&[0; 2177]).map(<[u8]>::len).collect::<Vec<_>>(), [1088, 1088, 1]);
+        assert_eq!(
+            chunks(&[0; 2177]).map(<[u8]>::len).collect::<Vec<_>>(),
+            [1088, 1088, 1]
+        );
     }
 }

@@ -481,7 +481,20 @@ impl Reassembler {
         if limits.per_owner_messages == 0 || need > limits.per_owner_bytes {
             return Err(FragmentError::OwnerLimit);
         }
-        self.evict_own_oldest(owner, need);
+        let (plan, freed) = self.plan_own_eviction(owner, need);
+        if !plan.is_empty() {
+            if self.bytes.saturating_sub(freed).saturating_add(need) > limits.total_bytes {
+                // Room under its own caps would still be none under the global cap: refuse,
+                // and change nothing.
+                return Err(FragmentError::GlobalLimit);
+            }
+            for key in plan {
+                if let Some(p) = self.remove_entry(key) {
+                    self.recycle(p.buf);
+                    self.evicted += 1;
+                }
+            }
+        }
         let usage = self.owners.get(&owner).copied().unwrap_or_default();
         if usage.bytes.saturating_add(need) <= limits.per_owner_bytes {
             self.make_room(owner, usage.bytes, need);
@@ -516,36 +529,32 @@ impl Reassembler {
         Ok(key)
     }
 
-    /// Make room under `owner`'s own caps for a new message of `need` bytes by dropping its
-    /// oldest incomplete reassemblies (a sender that starts a new message is unlikely to
-    /// finish its oldest; refusing the new one instead would let one lost fragment block
-    /// every later message). Counted as evictions.
-    fn evict_own_oldest(&mut self, owner: u32, need: usize) {
-        loop {
-            let usage = self.owners.get(&owner).copied().unwrap_or_default();
-            let over = usage.messages >= self.limits.per_owner_messages
-                || usage.bytes.saturating_add(need) > self.limits.per_owner_bytes;
-            if !over || usage.messages == 0 {
-                return;
-            }
-            let mut cur = self.head;
-            let mut oldest = None;
-            while let Some(key) = cur {
-                let Some(p) = self.entries.get(key) else {
-                    break;
-                };
-                if p.owner == owner {
-                    oldest = Some(key);
-                    break;
-                }
-                cur = p.next;
-            }
-            let Some(key) = oldest else { return };
-            if let Some(p) = self.remove_entry(key) {
-                self.recycle(p.buf);
-                self.evicted += 1;
+    /// Which of `owner`'s oldest incomplete reassemblies to drop to make room under its own
+    /// caps for a new message of `need` bytes, and the bytes that frees. A sender that starts
+    /// a new message is unlikely to finish its oldest; refusing the new one instead would let
+    /// one lost fragment block every later message. Evictions are counted.
+    fn plan_own_eviction(&self, owner: u32, need: usize) -> (Vec<usize>, usize) {
+        let usage = self.owners.get(&owner).copied().unwrap_or_default();
+        let (mut messages, mut bytes) = (usage.messages, usage.bytes);
+        let mut plan = Vec::new();
+        let mut freed = 0;
+        let mut cur = self.head;
+        while messages >= self.limits.per_owner_messages
+            || bytes.saturating_add(need) > self.limits.per_owner_bytes
+        {
+            let Some(key) = cur else { break };
+            let Some(p) = self.entries.get(key) else {
+                break;
+            };
+            cur = p.next;
+            if p.owner == owner {
+                plan.push(key);
+                freed += p.charge;
+                messages -= 1;
+                bytes -= p.charge;
             }
         }
+        (plan, freed)
     }
 
     /// A zeroed buffer of `need` bytes for an owner already charged `owner_bytes`, recycled

@@ -3,8 +3,8 @@
 use super::reader::Reader;
 use super::tlv::{TlvIter, WireError, put_tlv, put_tlv_header};
 use super::{
-    COOKIE_LEN, FRAGMENT_CHUNK, FRAGMENT_HEADER, HELLO_MIN_VALUE, MAX_FRAGMENTS,
-    MAX_REJECT_REASON, outer,
+    COOKIE_LEN, FRAGMENT_CHUNK, FRAGMENT_HEADER, HELLO_MIN_VALUE, MAX_FRAGMENTS, MAX_REJECT_REASON,
+    outer,
 };
 
 /// A datagram-level message. Borrowed from the datagram; nothing is copied.
@@ -289,7 +289,10 @@ mod tests {
     #[test]
     fn outer_rejects_malformed() {
         assert_eq!(Outer::parse(&[]), Err(WireError::Empty));
-        assert_eq!(Outer::parse(&[0, 9, 0, 0]), Err(WireError::UnknownType(9)));
+        assert_eq!(
+            Outer::parse(&[0, 0x42, 0, 0]),
+            Err(WireError::UnknownType(0x42))
+        );
         let mut b = Vec::new();
         Outer::Sealed { token: b"abcd" }.write(&mut b);
         b.push(0);

@@ -9,11 +9,11 @@ mod reader;
 mod sealed;
 mod tlv;
 
-pub use self::sealed::{
-    Body, Dist, Member, Sealed, members, parse_inner, parse_reassembled, parse_sealed,
-    put_member, write_body, write_inner, write_sealed,
-};
 pub use self::datagram::{Outer, put_group_header};
+pub use self::sealed::{
+    Body, Dist, Member, Sealed, members, parse_inner, parse_reassembled, parse_sealed, put_member,
+    write_body, write_inner, write_sealed,
+};
 pub use tlv::{TlvIter, WireError, put_tlv, put_tlv_header};
 
 /// Largest datagram anyone sends (protocol.md §1).

@@ -214,7 +214,11 @@ pub fn parse_sealed(plain: &[u8]) -> Result<Sealed<'_>, WireError> {
     let (t, v) = tlvs.next()?.ok_or(WireError::BadSequence)?;
     let body = body(Reader::new(t, v), t, &mut tlvs)?;
     // A GSEQ only numbers group items.
-    if gseq.is_some() && !matches!(body, Body::Message { .. } | Body::Join { .. } | Body::Leave { .. })
+    if gseq.is_some()
+        && !matches!(
+            body,
+            Body::Message { .. } | Body::Join { .. } | Body::Leave { .. }
+        )
     {
         return Err(WireError::BadSequence);
     }
@@ -664,7 +668,10 @@ mod tests {
                 count: 2,
                 chunk: &[1; 5],
             },
-            Body::GroupKey { epoch: 4, key: &key },
+            Body::GroupKey {
+                epoch: 4,
+                key: &key,
+            },
             Body::KeyAck { epoch: 4 },
             Body::KeyPull { epoch: 5 },
             Body::Members {

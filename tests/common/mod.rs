@@ -180,6 +180,16 @@ impl TestRelay {
         Client::connect(&self.client_config(), Duration::from_secs(10)).expect("client connects")
     }
 
+    /// A client that offers at most protocol `version` (1 and 2: unauthenticated FRAGMENTs).
+    pub fn client_up_to(&self, version: u16) -> Client {
+        let now = Instant::now();
+        let rng = mcrelay::Rng::from_os().unwrap();
+        let cfg = self.client_config();
+        let mut s = mcrelay::client::ClientSession::new(rng, cfg.pin, None, now);
+        s.set_max_version(version, now);
+        Client::with_session(&cfg, s, Duration::from_secs(10)).expect("client connects")
+    }
+
     pub fn group_addr(&self) -> SocketAddr {
         SocketAddr::from((self.group, self.port))
     }

@@ -271,7 +271,7 @@ impl Chat {
     fn read_udp(&mut self, buf: &mut [u8], now: Instant) {
         loop {
             match self.sock.recv_from(buf) {
-                Ok((n, _)) => self.session.handle_datagram(now, &buf[..n]),
+                Ok((n, from)) => self.session.handle_datagram(now, from, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
