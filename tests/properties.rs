@@ -341,7 +341,7 @@ impl World {
         let mut session = ClientSession::new(Rng::from_seed(seed), None, None, self.now);
         // Even clients speak version 2 (FRAGMENTs reach the reassembler), odd ones version 3
         // (sealed pieces), so both paths meet arbitrary input.
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             session.set_max_version(2, self.now);
         }
         self.clients.push((session, FernetKey::from_bytes(&raw)));
