@@ -30,6 +30,8 @@ pub enum Command {
     LogLevel(log::LevelFilter),
     /// `ping`.
     Ping,
+    /// `rekey`: a fresh group key now (group mode).
+    Rekey,
 }
 
 impl std::fmt::Display for Command {
@@ -49,6 +51,7 @@ impl std::fmt::Display for Command {
             Command::Log(on) => write!(f, "log {}", if *on { "on" } else { "off" }),
             Command::LogLevel(l) => write!(f, "log level {l}"),
             Command::Ping => f.write_str("ping"),
+            Command::Rekey => f.write_str("rekey"),
         }
     }
 }
@@ -83,6 +86,10 @@ pub const HELP: &[(&str, &str)] = &[
         "remove a client now; it is told, the others see it leave",
     ),
     ("metrics", "the stats in Prometheus text exposition format"),
+    (
+        "rekey",
+        "group mode: a fresh group key now, delivered to every member",
+    ),
     ("config", "the effective settings (no secrets)"),
     (
         "log on|off",
@@ -163,6 +170,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "ping" => {
             arity(0, "ping")?;
             Command::Ping
+        }
+        "rekey" => {
+            arity(0, "rekey")?;
+            Command::Rekey
         }
         "log" => match args.as_slice() {
             ["on"] => Command::Log(true),

@@ -126,6 +126,13 @@ impl Operator {
                 }
                 None => return Err("no such client".into()),
             },
+            Command::Rekey => {
+                if !cx.core.rekey(cx.now) {
+                    return Err("not in group mode (--distribution group)".into());
+                }
+                info!("control: {} started epoch {}", self.peer, cx.core.epoch());
+                body = format!("epoch {}\n", cx.core.epoch());
+            }
             Command::Log(on) => self.log_on = on,
             Command::LogLevel(l) => {
                 self.log_on = true;
@@ -371,6 +378,33 @@ mod tests {
         assert!(stop);
         assert!(h.run(&mut o, "quit", None).0.is_ok());
         assert!(!o.is_accepting());
+    }
+
+    #[test]
+    fn rekey_in_unicast_and_in_group_mode() {
+        let mut h = Harness::new();
+        let mut o = op(false);
+        assert_eq!(
+            h.run(&mut o, "rekey", None).0,
+            Err("not in group mode (--distribution group)".into())
+        );
+        let ingest = std::net::SocketAddrV4::new(h.net.group, h.net.port);
+        let g = crate::config::GroupConfig::for_ingest(ingest);
+        h.w = testkit::Net::new(Config {
+            distribution: crate::config::Distribution::Group(g),
+            ..Config::default()
+        });
+        let before = h.w.core.epoch();
+        assert_eq!(
+            h.run(&mut o, "rekey", None).0,
+            Ok(format!("epoch {}\n", before + 1))
+        );
+        let cfg = h.run(&mut o, "config", None).0.expect("ok");
+        assert!(cfg.contains("distribution group\n"), "{cfg}");
+        assert!(
+            cfg.contains("distribution_group 239.255.77.77:5008\n"),
+            "{cfg}"
+        );
     }
 
     #[test]

@@ -115,6 +115,14 @@ pub fn format_config(
     line("max_control", &net.max_control);
     line("control_auth", &on_off(net.control_token.is_some()));
     line("distribution", &core.mode());
+    if let crate::config::Distribution::Group(g) = &c.distribution {
+        line("distribution_group", &g.addr);
+        line("ttl", &net.ttl);
+        line("rekey_on_join", &on_off(g.rekey_on_join));
+        line("group_grace_ms", &g.grace.as_millis());
+        line("rekey_messages", &g.rotate_messages);
+        line("rekey_age_s", &g.rotate_age.as_secs());
+    }
     line("key_bits", &(core.key().modulus_len() * 8));
     line("key_fingerprint", &core.key().fingerprint_hex());
     line("client_timeout_ms", &c.client_timeout.as_millis());

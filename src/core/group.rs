@@ -43,6 +43,8 @@ struct Member {
     next_send: Instant,
     /// Deliveries of the current key so far (for the back-off).
     sends: u32,
+    /// When its last key pull was answered.
+    pulled: Option<Instant>,
 }
 
 /// The group distribution strategy.
@@ -308,6 +310,7 @@ impl Strategy for Group {
             current: false,
             next_send: cx.now,
             sends: 0,
+            pulled: None,
         });
         if !capable {
             self.legacy += 1;
@@ -370,18 +373,16 @@ impl Strategy for Group {
         let Some(m) = self.member(slot).filter(|m| m.capable) else {
             return;
         };
-        if cx.now < m.next_send {
+        if m.pulled.is_some_and(|t| cx.now < t + PULL_INTERVAL) {
             return; // answered recently
         }
+        m.pulled = Some(cx.now);
         if m.current {
             // It holds a key of ours but lost track: give it the current one again.
             m.current = false;
             m.sends = 0;
             self.pending += 1;
             self.readers = self.readers.saturating_sub(1);
-        }
-        if let Some(m) = self.member(slot) {
-            m.next_send = cx.now + PULL_INTERVAL;
         }
         cx.tel.stats.key_pulls += 1;
         self.send_key(cx, slot);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
-use mcrelay::client::{ClientConfig, ClientError, ClientSession, Event, format_event};
+use mcrelay::client::{
+    ClientConfig, ClientError, ClientSession, Event, format_event, group_socket,
+};
 use mcrelay::crypto::key::hex;
 use mcrelay::crypto::rng::Rng;
 use mio::net::UdpSocket;
@@ -29,7 +31,11 @@ Sends each stdin line as one message; prints one event per line on stdout:
     leave <id> <reason>           another client left (disconnect|timeout|kicked|replaced|shutdown)
     closed <reason>               our session ended
     shutdown                      the relay is stopping
-On stdin EOF, SIGINT or SIGTERM it sends a disconnect and exits 0.
+    present <id>[@name]           (protocol 3) a client that was already there when we registered
+    lost <no-session|silence>     our session is gone (relay restarted, we slept); registering again
+On stdin EOF, SIGINT or SIGTERM it sends a disconnect and exits 0. Exit status 2: no relay
+registered us within --timeout (or, after `lost`, within --reconnect-timeout); 3: the relay's
+key does not match the pinned or remembered one; 64: bad flags.
 
 FLAGS (default; environment variable):
     --group ADDR                  multicast group (239.255.77.77; MCRELAY_GROUP)
@@ -41,6 +47,8 @@ FLAGS (default; environment variable):
                                   ($XDG_CONFIG_HOME/mcrelay/known_relays, else ~/.config/...; MCRELAY_KNOWN_RELAYS)
     --name NAME --token TOKEN     admission credentials (none; MCRELAY_NAME, MCRELAY_TOKEN)
     --timeout DUR                 give up the handshake after (10s; MCRELAY_CONNECT_TIMEOUT)
+    --reconnect-timeout DUR       after `lost`, give up registering again after (60s; MCRELAY_RECONNECT_TIMEOUT)
+    --max-version N               offer protocol versions 1..=N (3; MCRELAY_MAX_VERSION)
     --log-level LEVEL             (warn; MCRELAY_LOG_LEVEL)
     -h, --help                    this text
 ";
@@ -48,6 +56,7 @@ FLAGS (default; environment variable):
 const SIGNAL: Token = Token(0);
 const UDP: Token = Token(1);
 const STDIN: Token = Token(2);
+const GROUP: Token = Token(3);
 
 /// `$XDG_CONFIG_HOME/mcrelay/known_relays`, else `~/.config/mcrelay/known_relays`, else off.
 fn default_known_relays() -> String {
@@ -90,6 +99,8 @@ struct Args {
     /// The pin came from the known-relays file (so there is nothing to remember).
     remembered: bool,
     timeout: Duration,
+    reconnect_timeout: Duration,
+    max_version: u16,
     level: log::LevelFilter,
 }
 
@@ -109,10 +120,25 @@ fn parse(mut f: Flags) -> Result<Args, UsageError> {
     let token: Option<String> = f.opt("--token", "MCRELAY_TOKEN")?;
     let timeout = Dur(Duration::from_secs(10));
     let timeout = f.get("--timeout", "MCRELAY_CONNECT_TIMEOUT", timeout)?.0;
+    let reconnect = Dur(Duration::from_secs(60));
+    let env = "MCRELAY_RECONNECT_TIMEOUT";
+    let reconnect_timeout = f.get("--reconnect-timeout", env, reconnect)?.0;
+    let max_version: u16 = f.get(
+        "--max-version",
+        "MCRELAY_MAX_VERSION",
+        mcrelay::wire::VERSION_MAX,
+    )?;
     let level = log_level(&mut f, log::LevelFilter::Warn)?;
     f.finish()?;
     if cfg.ttl > 255 {
         return Err(UsageError("--ttl must be 0..=255".into()));
+    }
+    if !(mcrelay::wire::VERSION_MIN..=mcrelay::wire::VERSION_MAX).contains(&max_version) {
+        return Err(UsageError(format!(
+            "--max-version must be {}..={}",
+            mcrelay::wire::VERSION_MIN,
+            mcrelay::wire::VERSION_MAX
+        )));
     }
     cfg.pin = pin
         .map(|p| {
@@ -139,6 +165,8 @@ fn parse(mut f: Flags) -> Result<Args, UsageError> {
         known,
         remembered,
         timeout,
+        reconnect_timeout,
+        max_version,
         level,
     })
 }
@@ -188,6 +216,12 @@ struct Chat {
     stdin: Option<(SyncSender<Line>, Arc<Waker>)>,
     lines: Receiver<Line>,
     quitting: Option<Instant>,
+    /// Group mode: our socket on the distribution group.
+    group: Option<UdpSocket>,
+    /// When the session was lost (re-registering since).
+    lost_at: Option<Instant>,
+    /// Said on stderr what we are waiting for.
+    said_waiting: bool,
 }
 
 impl Chat {
@@ -213,7 +247,11 @@ impl Chat {
             let _ = writeln!(out, "{}", format_event(&ev));
             let _ = out.flush();
             match ev {
-                Event::Ready { fingerprint, .. } => self.on_ready(&fingerprint),
+                Event::Ready { fingerprint, .. } => {
+                    self.lost_at = None;
+                    self.on_ready(&fingerprint);
+                }
+                Event::Lost { .. } => self.lost_at = Some(Instant::now()),
                 Event::Closed { .. } | Event::Shutdown => return Ok(Some(ExitCode::SUCCESS)),
                 _ => {}
             }
@@ -239,19 +277,47 @@ impl Chat {
         }
     }
 
+    /// Group mode: receive the distribution group while the session says so.
+    fn sync_group(&mut self, registry: &mio::Registry) -> Result<(), Failure> {
+        match (self.session.group_addr(), &mut self.group) {
+            (Some(addr), None) => {
+                let s = group_socket(addr, self.a.cfg.iface).map_err(rt(1))?;
+                s.set_nonblocking(true).map_err(rt(1))?;
+                let mut s = UdpSocket::from_std(s);
+                registry
+                    .register(&mut s, GROUP, Interest::READABLE)
+                    .map_err(rt(1))?;
+                self.group = Some(s);
+            }
+            (None, Some(s)) => {
+                let _ = registry.deregister(s);
+                self.group = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// How long to sleep; `Err`/`Ok(None)` when it is time to stop.
-    fn next_wait(&self, now: Instant) -> Result<Option<Duration>, Failure> {
-        if self.session.id().is_none()
-            && self.quitting.is_none()
-            && now.duration_since(self.start) > self.a.timeout
-        {
-            return Err(Failure::Runtime(
-                2,
-                format!(
-                    "no answer from a relay at {} within {:?}",
-                    self.a.endpoint, self.a.timeout
-                ),
-            ));
+    fn next_wait(&mut self, now: Instant) -> Result<Option<Duration>, Failure> {
+        if self.session.id().is_none() && self.quitting.is_none() {
+            let (since, limit, what) = match self.lost_at {
+                Some(t) => (t, self.a.reconnect_timeout, "could not register again"),
+                None => (self.start, self.a.timeout, "no answer from a relay"),
+            };
+            if now.duration_since(since) > limit {
+                return Err(Failure::Runtime(
+                    2,
+                    format!("{what} at {} within {limit:?}", self.a.endpoint),
+                ));
+            }
+            if !self.said_waiting && now.duration_since(since) > Duration::from_secs(2) {
+                self.said_waiting = true;
+                eprintln!(
+                    "mcrelay client: waiting for a relay at {} (HELLO every 0.5-8 s, giving up after {limit:?})",
+                    self.a.endpoint
+                );
+            }
         }
         if self.quitting.is_some_and(|q| now >= q) {
             return Ok(None);
@@ -268,9 +334,14 @@ impl Chat {
         ))
     }
 
-    fn read_udp(&mut self, buf: &mut [u8], now: Instant) {
+    fn read_udp(&mut self, token: Token, buf: &mut [u8], now: Instant) {
         loop {
-            match self.sock.recv_from(buf) {
+            let sock = match (token, &self.group) {
+                (GROUP, Some(g)) => g,
+                (GROUP, None) => return,
+                _ => &self.sock,
+            };
+            match sock.recv_from(buf) {
                 Ok((n, from)) => self.session.handle_datagram(now, from, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -323,7 +394,8 @@ pub fn run(f: Flags) -> Result<ExitCode, Failure> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Line>(1024);
     let rng = Rng::from_os().map_err(rt(1))?;
     let start = Instant::now();
-    let session = ClientSession::new(rng, a.cfg.pin, a.cfg.admission.clone(), start);
+    let mut session = ClientSession::new(rng, a.cfg.pin, a.cfg.admission.clone(), start);
+    session.set_max_version(a.max_version, start);
     let to = SocketAddr::from((a.cfg.group, a.cfg.port));
     let mut chat = Chat {
         a,
@@ -334,6 +406,9 @@ pub fn run(f: Flags) -> Result<ExitCode, Failure> {
         stdin: Some((tx, waker)),
         lines: rx,
         quitting: None,
+        group: None,
+        lost_at: None,
+        said_waiting: false,
     };
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 65536];
@@ -343,6 +418,7 @@ pub fn run(f: Flags) -> Result<ExitCode, Failure> {
         if let Some(code) = chat.print_events(&mut stdout)? {
             return Ok(code);
         }
+        chat.sync_group(poll.registry())?;
         let Some(wait) = chat.next_wait(Instant::now())? else {
             return Ok(ExitCode::SUCCESS);
         };
@@ -354,7 +430,7 @@ pub fn run(f: Flags) -> Result<ExitCode, Failure> {
         let now = Instant::now();
         for ev in events.iter() {
             match ev.token() {
-                UDP => chat.read_udp(&mut buf, now),
+                UDP | GROUP => chat.read_udp(ev.token(), &mut buf, now),
                 SIGNAL if signals.pending().next().is_some() && chat.quit(now) => {
                     return Ok(ExitCode::SUCCESS);
                 }

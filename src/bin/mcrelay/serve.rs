@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -11,7 +12,7 @@ use mcrelay::core::{valid_name, valid_token};
 use mcrelay::crypto::key::{self, ServerKey};
 use mcrelay::driver::logtap::LogTap;
 use mcrelay::proto::reassembly::Limits;
-use mcrelay::{Config, NetConfig, Relay};
+use mcrelay::{Config, Distribution, GroupConfig, NetConfig, Relay};
 use mio::{Events, Poll, Token};
 
 use crate::flags::{
@@ -49,6 +50,15 @@ FLAGS (default; environment variable):
     --max-pending-handshakes N    validated REGISTERs waiting for RSA (64; MCRELAY_MAX_PENDING_HANDSHAKES)
     --cookie-lifetime DUR         how long an address cookie is valid (30s; MCRELAY_COOKIE_LIFETIME)
     --send-queue-bytes SZ         outgoing datagrams waiting for the socket (4M; MCRELAY_SEND_QUEUE_BYTES)
+    --distribution MODE           unicast: a copy per client; group: once to a multicast group under a
+                                  rotating group key (unicast; MCRELAY_DISTRIBUTION)
+    --distribution-group ADDR:PORT  group mode's multicast group (the --group address, --port + 1;
+                                  MCRELAY_DISTRIBUTION_GROUP)
+    --ttl N                       multicast TTL of group-mode sends; 0 never leaves the host (1; MCRELAY_TTL)
+    --rekey-on-join on|off        a join starts a new epoch (by the ratchet) (on; MCRELAY_REKEY_ON_JOIN)
+    --group-grace DUR             members keep the previous epoch's key this long (2s; MCRELAY_GROUP_GRACE)
+    --rekey-messages N            a new epoch after this many group tokens (1048576; MCRELAY_REKEY_MESSAGES)
+    --rekey-age DUR               a new epoch after this long (1h; MCRELAY_REKEY_AGE)
     --log-queue N                 log lines waiting for operators (4096; MCRELAY_LOG_QUEUE)
     --log-level LEVEL             error|warn|info|debug|trace (info; MCRELAY_LOG_LEVEL, then RUST_LOG)
     -h, --help                    this text
@@ -88,6 +98,12 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "cookie_lifetime" => "--cookie-lifetime",
         "max_send_queue" => "--send-queue-bytes",
         "admission" => "--clients-file",
+        "ttl" => "--ttl",
+        "distribution.addr" => "--distribution-group",
+        "distribution.grace" => "--group-grace",
+        "distribution.rotate_messages" => "--rekey-messages",
+        "distribution.rotate_age" => "--rekey-age",
+        "distribution.key_resend" => "--client-timeout",
         _ => return None,
     })
 }
@@ -101,7 +117,47 @@ fn net_flags(f: &mut Flags) -> Result<NetConfig, UsageError> {
     net.control = parse_control(&control)?;
     net.control_token = control_token(f, "--control-token-file")?;
     net.max_control = f.get("--max-control", "MCRELAY_MAX_CONTROL", net.max_control)?;
+    net.ttl = f.get("--ttl", "MCRELAY_TTL", net.ttl)?;
     Ok(net)
+}
+
+/// `on` or `off`.
+fn on_off(f: &mut Flags, flag: &'static str, env: &str, default: bool) -> Result<bool, UsageError> {
+    let d = if default { "on" } else { "off" };
+    match f.get(flag, env, d.to_string())?.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(UsageError(format!("{flag}: {other:?} is not on or off"))),
+    }
+}
+
+/// `--distribution` and group mode's settings (which need the ingest group for a default).
+fn distribution_flags(f: &mut Flags, net: &NetConfig) -> Result<Distribution, UsageError> {
+    let mode: String = f.get("--distribution", "MCRELAY_DISTRIBUTION", "unicast".into())?;
+    let mut g = GroupConfig::for_ingest(SocketAddrV4::new(net.group, net.port));
+    let env = "MCRELAY_DISTRIBUTION_GROUP";
+    g.addr = f.get("--distribution-group", env, g.addr)?;
+    g.rekey_on_join = on_off(
+        f,
+        "--rekey-on-join",
+        "MCRELAY_REKEY_ON_JOIN",
+        g.rekey_on_join,
+    )?;
+    g.grace = f
+        .get("--group-grace", "MCRELAY_GROUP_GRACE", Dur(g.grace))?
+        .0;
+    let env = "MCRELAY_REKEY_MESSAGES";
+    g.rotate_messages = f.get("--rekey-messages", env, g.rotate_messages)?;
+    g.rotate_age = f
+        .get("--rekey-age", "MCRELAY_REKEY_AGE", Dur(g.rotate_age))?
+        .0;
+    match mode.as_str() {
+        "unicast" => Ok(Distribution::Unicast),
+        "group" => Ok(Distribution::Group(g)),
+        other => Err(UsageError(format!(
+            "--distribution: {other:?} is not unicast or group"
+        ))),
+    }
 }
 
 fn reassembly_flags(f: &mut Flags) -> Result<Limits, UsageError> {
@@ -179,15 +235,16 @@ fn parse(mut f: Flags) -> Result<Args, UsageError> {
     let net = net_flags(&mut f)?;
     let key_file: Option<PathBuf> = f.opt("--key-file", "MCRELAY_KEY_FILE")?;
     let key_bits: usize = f.get("--key-bits", "MCRELAY_KEY_BITS", 2048)?;
-    let cfg = core_flags(&mut f)?;
+    let mut cfg = core_flags(&mut f)?;
+    cfg.distribution = distribution_flags(&mut f, &net)?;
     let log_queue: usize = f.get("--log-queue", "MCRELAY_LOG_QUEUE", 4096)?;
     let level = log_level(&mut f, log::LevelFilter::Info)?;
     let rest = f.finish()?;
     if let Some(r) = rest.first() {
         return Err(UsageError(format!("unexpected argument {r:?}")));
     }
-    net.validate().map_err(|e| config_error(&e, flag_of))?;
-    cfg.validate().map_err(|e| config_error(&e, flag_of))?;
+    cfg.validate_with(&net)
+        .map_err(|e| config_error(&e, flag_of))?;
     key::check_bits(key_bits).map_err(|e| UsageError(format!("--key-bits: {e}")))?;
     if log_queue == 0 {
         return Err(UsageError("--log-queue: must be at least 1".into()));
