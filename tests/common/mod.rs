@@ -102,8 +102,26 @@ impl TestRelay {
         Self::start_with(cfg, |_| {})
     }
 
+    /// A relay in group mode (distribution group: its ingest group, port + 1; TTL 0).
+    pub fn start_group(cfg: Config) -> TestRelay {
+        Self::start_full(cfg, |_| {}, true)
+    }
+
     pub fn start_with(cfg: Config, tweak: impl FnOnce(&mut NetConfig)) -> TestRelay {
+        Self::start_full(cfg, tweak, false)
+    }
+
+    fn start_full(
+        mut cfg: Config,
+        tweak: impl FnOnce(&mut NetConfig),
+        group_mode: bool,
+    ) -> TestRelay {
         let (group, port) = unique_endpoint();
+        if group_mode {
+            let ingest = std::net::SocketAddrV4::new(group, port);
+            let g = mcrelay::GroupConfig::for_ingest(ingest);
+            cfg.distribution = mcrelay::Distribution::Group(g);
+        }
         let mut net = NetConfig {
             group,
             port,

@@ -50,10 +50,9 @@ FLAGS (default; environment variable):
     --max-pending-handshakes N    validated REGISTERs waiting for RSA (64; MCRELAY_MAX_PENDING_HANDSHAKES)
     --cookie-lifetime DUR         how long an address cookie is valid (30s; MCRELAY_COOKIE_LIFETIME)
     --send-queue-bytes SZ         outgoing datagrams waiting for the socket (4M; MCRELAY_SEND_QUEUE_BYTES)
-    --distribution MODE           unicast: a copy per client; group: once to a multicast group under a
-                                  rotating group key (unicast; MCRELAY_DISTRIBUTION)
-    --distribution-group ADDR:PORT  group mode's multicast group (the --group address, --port + 1;
-                                  MCRELAY_DISTRIBUTION_GROUP)
+    --distribution MODE           unicast (a copy per client) or group (once, to a multicast group,
+                                  under a rotating group key) (unicast; MCRELAY_DISTRIBUTION)
+    --distribution-group ADDR:PORT  group mode's multicast group (--group address, --port + 1; MCRELAY_DISTRIBUTION_GROUP)
     --ttl N                       multicast TTL of group-mode sends; 0 never leaves the host (1; MCRELAY_TTL)
     --rekey-on-join on|off        a join starts a new epoch (by the ratchet) (on; MCRELAY_REKEY_ON_JOIN)
     --group-grace DUR             members keep the previous epoch's key this long (2s; MCRELAY_GROUP_GRACE)
