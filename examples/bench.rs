@@ -279,7 +279,7 @@ fn main() {
     }
     eprintln!("bench: {o:?}");
     // Two sockets per client in group mode, plus the servers' and the poll's.
-    if let Err(e) = os::raise_nofile(2 * o.clients as u64 + 256) {
+    if let Err(e) = os::raise_nofile(2 * o.clients as u64 + 64) {
         eprintln!("bench: {e}");
         std::process::exit(2);
     }

@@ -236,6 +236,9 @@ impl Gen {
                     let _ = self.socks[i].send_to(b"JOIN", self.to);
                 }
             }
+            // Joins longer than the relay's client timeout (30 s: ~10,000 clients) need the
+            // registered clients' keep-alives meanwhile.
+            self.keepalives();
             let c = self.joined.iter().filter(|&&j| j).count();
             if c > done {
                 last_progress = now;
@@ -650,7 +653,7 @@ pub fn progress(sys: Sys, what: &str, t: &Trial) {
     let per = |x: f64| x / t.received.max(1) as f64 * 1e6;
     let p = t.perf.unwrap_or_default();
     eprintln!(
-        "  {:<9} {what:<10} rate {:>9.0} msg/s (sent {:>5.1}% of it)  deliveries {:>10.0}/s  loss {:>6.2}%  server cpu {:>5.1}% +irq {:>5.1}%  gen cpu {:>5.1}%  p50 {:>7.0} us  p99 {:>7.0} us  kernel drops: server in {} clients {}  us/delivery: core {:.3}{}",
+        "  {:<9} {what:<10} rate {:>9.0} msg/s (sent {:>5.1}% of it)  deliveries {:>10.0}/s  loss {:>6.2}%  server cpu {:>5.1}% +irq {:>5.1}%  gen cpu {:>5.1}%  p50 {:>7.0} us  p99 {:>7.0} us  kernel drops: server in {} clients {}  server allocs/msg {:.3}  us/delivery: core {:.3}{}",
         sys.name(),
         t.rate,
         (1.0 - t.shortfall) * 100.0,
@@ -663,6 +666,7 @@ pub fn progress(sys: Sys, what: &str, t: &Trial) {
         t.p99_us,
         t.server_drops,
         t.client_drops,
+        t.allocs as f64 / t.sent.max(1) as f64,
         per(t.cpu.core),
         if t.perf.is_some() {
             format!(

@@ -22,6 +22,7 @@
 //! generator's CPU; its sampling costs the server's CPU ~1-2 %.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -56,7 +57,16 @@ pub fn start(cpu: usize, hz: u32, tag: &str) -> Option<PerfRec> {
         "mcrelay-bench-perf-{}-{tag}.data",
         std::process::id()
     ));
-    let child = Command::new("perf")
+    let mut cmd = Command::new("perf");
+    // SAFETY: prctl is async-signal-safe. perf record -C samples until stopped: stop it
+    // (SIGINT writes its file) if the bench dies first.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+            Ok(())
+        });
+    }
+    let child = cmd
         .args(["record", "-q", "-e", "cpu-clock", "-g"])
         .args(["-F", &hz.to_string(), "-C", &cpu.to_string(), "-o"])
         .arg(&path)

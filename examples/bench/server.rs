@@ -428,15 +428,18 @@ impl Server {
                 c
             }
         };
-        if os::ncpus() >= 2 {
-            // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs in the child
-            // between fork and exec. Without this the child would inherit the generator's CPU.
-            unsafe {
-                cmd.pre_exec(|| {
+        let pin_cpu = os::ncpus() >= 2;
+        // SAFETY: prctl and sched_setaffinity are async-signal-safe; nothing else runs in the
+        // child between fork and exec. Pinned, or it would inherit the generator's CPU; killed
+        // if the bench dies (it aborts on panic, and a child relay would keep running).
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if pin_cpu {
                     os::pin_pid_to_cpu(0, SERVER_CPU);
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let child = cmd
             .stdin(Stdio::null())
