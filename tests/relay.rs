@@ -231,3 +231,38 @@ fn admission_tokens_admit_known_clients_and_name_them() {
     assert_eq!(ctl.stat("drop.not_admitted"), 3 * tries);
     assert_eq!(ctl.stat("clients"), 2);
 }
+
+/// One session per admission name (protocol.md §9): the same name registering again, from
+/// another address, replaces the older session: it is told CLOSED(4), the others LEAVE(4).
+#[test]
+fn a_name_registering_again_replaces_its_older_session() {
+    use mcrelay::client::Client;
+    let list = [("alice", "tok-a"), ("bob", "tok-b")]
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    let relay = TestRelay::start(Config {
+        admission: Some(list),
+        ..Config::default()
+    });
+    let mut cfg = relay.client_config();
+    cfg.admission = Some(("bob".into(), "tok-b".into()));
+    let mut bob = Client::connect(&cfg, T).unwrap();
+    cfg.admission = Some(("alice".into(), "tok-a".into()));
+    let mut first = Client::connect(&cfg, T).unwrap();
+    let old = first.id();
+    let mut second = Client::connect(&cfg, T).unwrap();
+    assert_ne!(second.id(), old);
+    assert!(
+        wait_for(&mut first, T, |e| *e == Event::Closed { reason: 4 }).is_some(),
+        "the older alice is told it was replaced"
+    );
+    assert!(
+        wait_for(&mut bob, T, |e| *e == Event::Leave { id: old, reason: 4 }).is_some(),
+        "bob sees the older alice leave, replaced"
+    );
+    second.send(b"still alice").unwrap();
+    let got = wait_for(&mut bob, T, |e| matches!(e, Event::Message { .. }));
+    assert!(matches!(got, Some(Event::Message { name: Some(n), .. }) if n == "alice"));
+    assert_eq!(relay.control().stat("clients"), 2);
+}

@@ -576,6 +576,14 @@ impl RelayCore {
             info!("client {} at {from} re-registered with a new key", s.id);
             self.remove_session(now, slot, LeaveReason::Replaced, true);
         }
+        // One session per admission name: a name registering again (from another address, a
+        // restarted client) replaces its older session, as a new key from one address does.
+        if let Some(name) = &r.name
+            && let Some(old) = self.sessions.slot_of_name(name)
+        {
+            info!("client {name} registered again from {from}: its older session ends");
+            self.remove_session(now, old, LeaveReason::Replaced, true);
+        }
         if self.sessions.len() >= self.cfg.max_clients {
             self.tel.stats.handshakes_failed += 1;
             self.tel.dropped(now, from, DropReason::RelayFull);

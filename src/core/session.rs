@@ -120,6 +120,14 @@ impl Sessions {
         self.slab.iter().find(|(_, s)| s.id == id).map(|(k, _)| k)
     }
 
+    /// The slot of the session admitted under `name` (a scan: registrations only).
+    pub(crate) fn slot_of_name(&self, name: &str) -> Option<usize> {
+        self.slab
+            .iter()
+            .find(|(_, s)| s.name.as_deref() == Some(name))
+            .map(|(k, _)| k)
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Session)> + '_ {
         self.slab.iter()
     }
