@@ -57,6 +57,25 @@ fn control_md_lists_every_figure_with_its_help() {
 }
 
 #[test]
+fn protocol_md_lists_every_drop_reason_with_its_help() {
+    let doc = std::fs::read_to_string("docs/protocol.md").unwrap();
+    let rows = table_after(&doc, "## 11. Which counter each drop lands in");
+    let names: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
+    let want: Vec<&str> = DropReason::ALL.iter().map(|d| d.name()).collect();
+    assert_eq!(names, want, "docs/protocol.md §11 vs the code");
+    for (d, (_, cells)) in DropReason::ALL.iter().zip(&rows) {
+        assert_eq!(cells[0], d.help(), "{}", d.name());
+    }
+    // The second table names only reasons that exist.
+    let cases = &doc[doc.find("Some cases that are easy to guess wrong").unwrap()..];
+    let cases = table_after(cases, "Some cases");
+    for (_, cells) in cases {
+        let reason = cells[0].trim_matches('`');
+        assert!(want.contains(&reason), "protocol.md §11 names {reason:?}");
+    }
+}
+
+#[test]
 fn control_md_lists_every_drop_reason_with_its_help() {
     let doc = std::fs::read_to_string("docs/control.md").unwrap();
     let rows = table_after(&doc, "The drop reasons:");

@@ -136,7 +136,7 @@ drop_reasons! {
     FragmentDuplicate => "fragment_duplicate", "fragment index already held";
     FragmentLimit => "fragment_limit", "reassembly memory cap reached";
     ReassemblyTimeout => "reassembly_timeout", "reassembly not complete in time";
-    ReassemblyEvicted => "reassembly_evicted", "reassembly evicted for a smaller holder (global cap full)";
+    ReassemblyEvicted => "reassembly_evicted", "reassembly evicted for a newer one of its owner, or for a smaller holder (global cap full)";
     SendQueueFull => "send_queue_full", "outgoing queue full";
     SendFailed => "send_failed", "the kernel refused an outgoing datagram";
 }
