@@ -562,6 +562,7 @@ fn bench_config(clients: usize) -> Config {
         handshakes_per_sec: 1_000_000,
         handshakes_per_source_per_sec: 1_000_000,
         max_clients: clients.max(1024),
+        max_clients_per_source: clients.max(1024),
         ..Config::default()
     }
 }

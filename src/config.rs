@@ -26,6 +26,9 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Registered clients at once.
     pub max_clients: usize,
+    /// Registered clients at once from one source address (IPv6: one /64): sybil sessions
+    /// from a few addresses cannot fill the relay.
+    pub max_clients_per_source: usize,
     /// Reassembly caps and timeout.
     pub reassembly: Limits,
     /// Fernet TTL for client tokens.
@@ -99,6 +102,7 @@ impl Default for Config {
             client_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             max_clients: 1024,
+            max_clients_per_source: 64,
             reassembly: Limits::default(),
             token_ttl: Duration::from_secs(120),
             max_clock_skew: Duration::from_secs(60),
@@ -231,6 +235,12 @@ impl Config {
     fn validate_caps(&self) -> Result<(), ConfigError> {
         if self.max_clients == 0 {
             return Err(ConfigError::new("max_clients", "must be at least 1"));
+        }
+        if self.max_clients_per_source == 0 {
+            return Err(ConfigError::new(
+                "max_clients_per_source",
+                "must be at least 1",
+            ));
         }
         let r = &self.reassembly;
         if r.per_owner_messages == 0 {

@@ -282,6 +282,20 @@ impl Manual {
         }
     }
 
+    /// A manual client whose datagrams come from `ip` (another loopback address), still sent
+    /// to the relay's group through interface 127.0.0.1.
+    fn from_ip(relay: &TestRelay, ip: Ipv4Addr) -> Manual {
+        let mut m = Manual::new(relay);
+        let sock = UdpSocket::bind(SocketAddrV4::new(ip, 0)).unwrap();
+        sock.set_multicast_ttl_v4(0).unwrap();
+        sock.set_multicast_loop_v4(true).unwrap();
+        socket2::SockRef::from(&sock)
+            .set_multicast_if_v4(&relay.client_config().iface)
+            .unwrap();
+        m.sock = sock;
+        m
+    }
+
     /// Run until registered or `timeout`; true if registered.
     fn handshake(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -1148,6 +1162,42 @@ fn at_max_clients_the_newcomer_is_rejected_and_sessions_are_untouched() {
     assert_eq!(delta(&before, &after, "leaves"), 0);
     chat_round(&mut cs, "after", 3);
     assert_quiet(&mut cs);
+}
+
+#[test]
+fn one_source_address_cannot_take_every_seat() {
+    // Finding 6 (issue 12): a host that passes the handshake over and over fills at most
+    // `max_clients_per_source` seats; everyone else still gets in.
+    let relay = TestRelay::start(Config {
+        max_clients: 10,
+        max_clients_per_source: 2,
+        handshakes_per_source_per_sec: 1000,
+        ..Config::default()
+    });
+    let a = Ipv4Addr::new(127, 0, 0, 1);
+    let mut mine: Vec<Manual> = (0..2).map(|_| Manual::from_ip(&relay, a)).collect();
+    for m in &mut mine {
+        assert!(m.handshake(Duration::from_secs(3)), "seat within the cap");
+    }
+    let before = stats(&relay);
+    let mut third = Manual::from_ip(&relay, a);
+    assert!(
+        !third.handshake(Duration::from_millis(1500)),
+        "a third session from one address got in"
+    );
+    println!("third session's REJECT codes: {:?}", third.rejects);
+    assert!(third.rejects.contains(&5), "{:?}", third.rejects);
+    let after = stats(&relay);
+    assert!(delta(&before, &after, "drop.source_full") >= 1);
+    assert_eq!(delta(&before, &after, "drop.relay_full"), 0);
+    assert_eq!(after["clients"], 2);
+    // Another address is a fresh budget.
+    let mut other = Manual::from_ip(&relay, Ipv4Addr::new(127, 0, 0, 2));
+    assert!(
+        other.handshake(Duration::from_secs(3)),
+        "a second address was refused"
+    );
+    assert_eq!(stats(&relay)["clients"], 3);
 }
 
 #[test]

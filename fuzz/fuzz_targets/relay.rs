@@ -578,6 +578,7 @@ fn config(s: &Setup) -> Config {
         client_timeout: Duration::from_secs(u64::from(s.client_timeout_s % 61)),
         keepalive_interval: Duration::from_secs(u64::from(s.keepalive_s % 31)),
         max_clients: usize::from(s.max_clients % 5),
+        max_clients_per_source: usize::from(s.max_clients / 5 % 5),
         reassembly: Limits {
             per_owner_messages: usize::from(s.reasm_messages % 5),
             per_owner_bytes: usize::from(s.reasm_owner_frags) * c,

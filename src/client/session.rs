@@ -632,7 +632,7 @@ impl ClientSession {
         plain.clear();
         wire::write_inner(&mut plain, seq, body);
         if self.channel.version() >= 3 && !fragment::fits(plain.len(), fragment::SEALED_OVERHEAD) {
-            let msg_id = self.channel.next_msg_id();
+            let msg_id = self.channel.next_msg_id(&mut self.rng);
             let pieces = plain[fragment::SEQ_TLV..].to_vec();
             let n = fragment::pieces(pieces.len()) as u16;
             for (i, chunk) in fragment::chunks(&pieces).enumerate() {
@@ -663,7 +663,7 @@ impl ClientSession {
             wire::put_tlv(&mut d, outer::SEALED, &self.token);
             self.transmits.push_back(d);
         } else {
-            let msg_id = self.channel.next_msg_id();
+            let msg_id = self.channel.next_msg_id(&mut self.rng);
             let count = self.token.len().div_ceil(FRAGMENT_CHUNK) as u16;
             for (i, chunk) in self.token.chunks(FRAGMENT_CHUNK).enumerate() {
                 let mut d = Vec::with_capacity(wire::MAX_DATAGRAM);

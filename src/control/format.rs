@@ -128,6 +128,7 @@ pub fn format_config(
     line("client_timeout_ms", &c.client_timeout.as_millis());
     line("keepalive_interval_ms", &c.keepalive_interval.as_millis());
     line("max_clients", &c.max_clients);
+    line("max_clients_per_source", &c.max_clients_per_source);
     let r = &c.reassembly;
     line("reassembly_timeout_ms", &r.timeout.as_millis());
     line("reassembly_per_client_messages", &r.per_owner_messages);

@@ -65,6 +65,8 @@ pub(crate) struct RegisterContext {
     pub(crate) has_session: bool,
     /// The relay is at `max_clients`.
     pub(crate) full: bool,
+    /// The sender's source is at `max_clients_per_source`.
+    pub(crate) source_full: bool,
     /// The relay key's modulus size: the only valid ciphertext length.
     pub(crate) modulus_len: usize,
 }
@@ -248,12 +250,13 @@ impl Handshake {
         if !cx.has_session && cx.full {
             // Full: say so before spending an RSA decryption (the cookie validated the address).
             tel.stats.handshakes_failed += 1;
-            return refuse(
-                tel,
-                DropReason::RelayFull,
-                RejectCode::RelayFull,
-                "relay full",
-            );
+            let (d, code) = (DropReason::RelayFull, RejectCode::RelayFull);
+            return refuse(tel, d, code, "relay full");
+        }
+        if !cx.has_session && cx.source_full {
+            tel.stats.handshakes_failed += 1;
+            let (d, code) = (DropReason::SourceFull, RejectCode::RelayFull);
+            return refuse(tel, d, code, "too many sessions from this address");
         }
         if self.pending.len() >= self.max_pending {
             return tel.dropped(now, from, DropReason::HandshakeQueueFull);
@@ -383,6 +386,7 @@ mod tests {
     const OPEN: RegisterContext = RegisterContext {
         has_session: false,
         full: false,
+        source_full: false,
         modulus_len: 256,
     };
 

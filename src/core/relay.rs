@@ -109,6 +109,11 @@ pub const GAUGES: &[Metric] = &[
         help: "Version-3 members that have not acknowledged the current group key.",
         kind: MetricKind::Gauge,
     },
+    Metric {
+        name: "notice_backlog",
+        help: "JOIN and LEAVE notices still being sent (a burst is spread over loop turns).",
+        kind: MetricKind::Gauge,
+    },
 ];
 
 /// The relay core. One owner; every method takes `&mut self` and the current time.
@@ -156,7 +161,7 @@ impl RelayCore {
         let mut timers = TimerWheel::new(now, Duration::from_millis(10), 1024);
         timers.insert(now + handshake.rotation(), Timer::CookieRotation);
         let dist: Box<dyn Strategy> = match &cfg.distribution {
-            Distribution::Unicast => Box::new(Unicast),
+            Distribution::Unicast => Box::new(Unicast::default()),
             Distribution::Group(g) => Box::new(Group::new(g.clone(), &mut rng, now)),
         };
         let notices = HandshakeBudget::new(NOTICES_PER_SEC, 1, now, rng.next_u64());
@@ -249,6 +254,7 @@ impl RelayCore {
             u64::from(self.dist.mode() == "group"),
             u64::from(self.dist.epoch()),
             self.dist.pending_acks() as u64,
+            self.dist.backlog() as u64,
         ];
         GAUGES.iter().zip(values)
     }
@@ -306,6 +312,7 @@ impl RelayCore {
                 let cx = RegisterContext {
                     has_session: self.sessions.slot_of(&from).is_some(),
                     full: self.sessions.len() >= self.cfg.max_clients,
+                    source_full: self.sessions.count_from(&from) >= self.cfg.max_clients_per_source,
                     modulus_len: self.key.modulus_len(),
                 };
                 self.handshake
@@ -583,6 +590,14 @@ impl RelayCore {
         {
             info!("client {name} registered again from {from}: its older session ends");
             self.remove_session(now, old, LeaveReason::Replaced, true);
+        }
+        if self.sessions.count_from(&from) >= self.cfg.max_clients_per_source {
+            self.tel.stats.handshakes_failed += 1;
+            self.tel.dropped(now, from, DropReason::SourceFull);
+            let (out, stats) = (&mut self.out, &mut self.tel.stats);
+            let why = "too many sessions from this address";
+            let len = reg.request_len();
+            return reject(out, stats, from, RejectCode::RelayFull, why, len);
         }
         if self.sessions.len() >= self.cfg.max_clients {
             self.tel.stats.handshakes_failed += 1;

@@ -127,6 +127,7 @@ drop_reasons! {
     BadRegistration => "bad_registration", "OAEP decryption failed or the key is invalid";
     NotAdmitted => "not_admitted", "admission token missing or wrong";
     RelayFull => "relay_full", "max clients reached";
+    SourceFull => "source_full", "max clients from one source address (IPv6: /64) reached";
     UnknownSender => "unknown_sender", "sealed message or fragment from an address with no session";
     BadToken => "bad_token", "Fernet token failed (HMAC, format or padding)";
     TokenExpired => "token_expired", "Fernet timestamp older than the TTL";

@@ -38,6 +38,7 @@ FLAGS (default; environment variable):
     --client-timeout DUR          drop clients silent this long (30s; MCRELAY_CLIENT_TIMEOUT)
     --keepalive DUR               keep-alive interval told to clients (10s; MCRELAY_KEEPALIVE)
     --max-clients N               registered clients (1024; MCRELAY_MAX_CLIENTS)
+    --max-clients-per-source N    registered clients from one address, IPv6 /64 (64; MCRELAY_MAX_CLIENTS_PER_SOURCE)
     --reassembly-timeout DUR      incomplete messages expire (5s; MCRELAY_REASSEMBLY_TIMEOUT)
     --reassembly-per-client N     messages in reassembly per client (4; MCRELAY_REASSEMBLY_PER_CLIENT)
     --reassembly-client-bytes SZ  reassembly memory per client (384K; MCRELAY_REASSEMBLY_CLIENT_BYTES)
@@ -85,6 +86,7 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "client_timeout" => "--client-timeout",
         "keepalive_interval" => "--keepalive",
         "max_clients" => "--max-clients",
+        "max_clients_per_source" => "--max-clients-per-source",
         "reassembly.timeout" => "--reassembly-timeout",
         "reassembly.per_owner_messages" => "--reassembly-per-client",
         "reassembly.per_owner_bytes" => "--reassembly-client-bytes",
@@ -197,6 +199,8 @@ fn core_flags(f: &mut Flags) -> Result<Config, UsageError> {
     )?;
     c.keepalive_interval = dur(f, "--keepalive", "MCRELAY_KEEPALIVE", c.keepalive_interval)?;
     c.max_clients = f.get("--max-clients", "MCRELAY_MAX_CLIENTS", c.max_clients)?;
+    let (per, env) = (c.max_clients_per_source, "MCRELAY_MAX_CLIENTS_PER_SOURCE");
+    c.max_clients_per_source = f.get("--max-clients-per-source", env, per)?;
     c.reassembly = reassembly_flags(f)?;
     c.token_ttl = dur(f, "--token-ttl", "MCRELAY_TOKEN_TTL", c.token_ttl)?;
     c.max_clock_skew = dur(
