@@ -1,13 +1,16 @@
 //! The tables in docs/ that name figures are the code's tables: every gauge, counter and drop
 //! reason is listed once, in the code's order, with the code's help text.
 
+use mcrelay::control::CONTROL_COUNTERS;
 use mcrelay::core::{GAUGES, Metric};
 use mcrelay::{DropReason, Stats};
 
 /// Rows `| `name` | ... |` of the markdown table that follows `heading` (first column only
 /// is the name, in backticks; the last column is the text).
 fn table_after<'a>(doc: &'a str, heading: &str) -> Vec<(&'a str, Vec<&'a str>)> {
-    let start = doc.find(heading).unwrap_or_else(|| panic!("no {heading:?}"));
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
     doc[start..]
         .lines()
         .skip_while(|l| !l.starts_with('|'))
@@ -63,5 +66,22 @@ fn control_md_lists_every_drop_reason_with_its_help() {
     assert_eq!(names, want, "docs/control.md drop reasons vs the code");
     for (d, (_, cells)) in DropReason::ALL.iter().zip(&rows) {
         assert_eq!(cells[0], d.help(), "{}", d.name());
+    }
+}
+
+#[test]
+fn control_md_lists_every_control_port_figure_with_its_help() {
+    let doc = std::fs::read_to_string("docs/control.md").unwrap();
+    let rows = table_after(&doc, "The control port's own figures");
+    let names: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
+    let want: Vec<&str> = CONTROL_COUNTERS.iter().map(|m| m.name).collect();
+    assert_eq!(
+        names, want,
+        "docs/control.md control-port figures vs the code"
+    );
+    for (m, (_, cells)) in CONTROL_COUNTERS.iter().zip(&rows) {
+        let kind = format!("{:?}", m.kind).to_lowercase();
+        assert_eq!(cells[0], kind, "{}", m.name);
+        assert_eq!(cells[1], as_doc(m.help), "{}", m.name);
     }
 }

@@ -5,15 +5,18 @@
 //! [`Reply`]; everything an operator can cause is decided here.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use subtle::ConstantTimeEq;
 
 use super::command::{self, Command};
-use super::format::{format_clients, format_config, format_help, format_metrics, format_stats};
+use super::format::{
+    format_clients, format_config, format_control_metrics, format_control_stats, format_help,
+    format_metrics, format_stats,
+};
 use crate::config::NetConfig;
-use crate::core::RelayCore;
+use crate::core::{Metric, MetricKind, RelayCore};
 
 /// Failed `auth` attempts before the connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -35,6 +38,103 @@ pub struct Context<'a> {
     pub now: Instant,
     /// Set by `shutdown`: the host should stop the relay.
     pub shutdown_requested: bool,
+    /// What the control port keeps across connections (its counters).
+    pub control: &'a mut ControlState,
+}
+
+macro_rules! control_counters {
+    ($( $field:ident, $kind:ident, $help:literal; )*) => {
+        /// The control port's own figures (not the core's: they live with the control
+        /// server and are printed after the core's in `stats` and `metrics`).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct ControlCounters {
+            $( #[doc = $help] pub $field: u64, )*
+        }
+
+        /// Names, kinds and help texts of [`ControlCounters`], in `stats` order.
+        pub const CONTROL_COUNTERS: &[Metric] = &[
+            $( Metric { name: stringify!($field), help: $help, kind: MetricKind::$kind }, )*
+        ];
+
+        impl ControlCounters {
+            /// Every figure with its value, in [`CONTROL_COUNTERS`] order.
+            pub fn figures(&self) -> impl Iterator<Item = (&'static Metric, u64)> + '_ {
+                CONTROL_COUNTERS.iter().zip([$( self.$field, )*])
+            }
+        }
+    };
+}
+
+control_counters! {
+    control_connections, Gauge, "Control connections open now.";
+    control_output_bytes, Gauge, "Bytes of replies and log lines queued for operators.";
+    control_overlong_closed, Counter, "Connections closed for sending 64 KiB without a newline.";
+    control_read_paused, Counter, "Times reading a connection paused until its queued output drained.";
+}
+
+/// What the control port keeps across its connections: counters and the rate-limited log of
+/// its defences. Owned by the control server, lent to each command in [`Context`].
+#[derive(Debug)]
+pub struct ControlState {
+    /// The figures `stats` and `metrics` print after the core's.
+    pub counters: ControlCounters,
+    log: NoticeLog,
+}
+
+impl ControlState {
+    /// Fresh counters.
+    pub fn new(now: Instant) -> Self {
+        ControlState {
+            counters: ControlCounters::default(),
+            log: NoticeLog {
+                window: now,
+                lines: 0,
+                suppressed: 0,
+            },
+        }
+    }
+
+    /// Log a warning about the control port's defences at work (an attack, usually): at most
+    /// 10 lines a second, the others are counted and summarised in the next one.
+    pub fn notice(&mut self, now: Instant, msg: std::fmt::Arguments<'_>) {
+        if self.log.allow(now) {
+            warn!("{msg}");
+        }
+    }
+}
+
+/// Rate limit for the control port's warnings: an attacker repeating an attack thousands of
+/// times a second must not turn the log into the flood.
+#[derive(Debug)]
+struct NoticeLog {
+    window: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl NoticeLog {
+    const PER_SEC: u32 = 10;
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                warn!(
+                    "control: {} more control-port warnings not logged (see `stats`)",
+                    self.suppressed
+                );
+            }
+            self.window = now;
+            self.lines = 0;
+            self.suppressed = 0;
+        }
+        if self.lines < Self::PER_SEC {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 /// One operator's session on the control port: authentication and log preferences.
@@ -115,9 +215,15 @@ impl Operator {
             Command::Help => format_help(&mut body),
             Command::Ping => {}
             Command::Auth(token) => return self.auth(&token, cx.token),
-            Command::Stats => format_stats(&mut body, cx.core, cx.now),
+            Command::Stats => {
+                format_stats(&mut body, cx.core, cx.now);
+                format_control_stats(&mut body, &cx.control.counters);
+            }
             Command::Clients => format_clients(&mut body, cx.core.clients(), cx.now),
-            Command::Metrics => format_metrics(&mut body, cx.core, cx.now),
+            Command::Metrics => {
+                format_metrics(&mut body, cx.core, cx.now);
+                format_control_metrics(&mut body, &cx.control.counters);
+            }
             Command::Config => format_config(&mut body, cx.core, cx.net, cx.control_addr),
             Command::Kick(target) => match cx.core.kick(cx.now, target) {
                 Some(id) => {
@@ -196,6 +302,7 @@ mod tests {
         core: RelayCore,
         net: NetConfig,
         now: Instant,
+        control: ControlState,
     }
 
     impl Harness {
@@ -207,6 +314,7 @@ mod tests {
                 core,
                 net: NetConfig::default(),
                 now,
+                control: ControlState::new(now),
             }
         }
 
@@ -246,6 +354,7 @@ mod tests {
                 token,
                 now: self.now,
                 shutdown_requested: false,
+                control: &mut self.control,
             };
             let r = op.run_line(line, &mut cx).expect("accepting");
             (r, cx.shutdown_requested)
@@ -300,6 +409,7 @@ mod tests {
             token: Some("s3cret"),
             now: h.now,
             shutdown_requested: false,
+            control: &mut h.control,
         };
         assert_eq!(
             o.run_line("auth s3cret", &mut cx),
@@ -333,12 +443,33 @@ mod tests {
         let want = crate::core::GAUGES.len()
             + crate::core::Stats::COUNTERS.len()
             + 1
-            + crate::core::DropReason::ALL.len();
+            + crate::core::DropReason::ALL.len()
+            + CONTROL_COUNTERS.len();
         assert_eq!(lines, want);
+        // The control port's figures come last, from the control server's counters.
+        h.control.counters.control_read_paused = 7;
+        let stats = h.run(&mut o, "stats", None).0.expect("ok");
+        assert!(stats.contains("\ncontrol_read_paused 7\n"), "{stats}");
         let metrics = h.run(&mut o, "metrics", None).0.expect("ok");
         assert!(metrics.contains("# TYPE mcrelay_clients gauge\nmcrelay_clients 1\n"));
         assert!(metrics.contains("mcrelay_joins_total 1\n"));
         assert!(metrics.contains("mcrelay_drops_total{reason=\"replay\"} 0\n"));
+        assert!(metrics.contains(
+            "# TYPE mcrelay_control_read_paused_total counter\nmcrelay_control_read_paused_total 7\n"
+        ));
+        assert!(metrics.contains("# TYPE mcrelay_control_connections gauge\n"));
+    }
+
+    #[test]
+    fn notices_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut s = ControlState::new(t0);
+        for _ in 0..25 {
+            s.notice(t0, format_args!("control: test"));
+        }
+        assert_eq!((s.log.lines, s.log.suppressed), (10, 15));
+        s.notice(t0 + Duration::from_secs(1), format_args!("control: test"));
+        assert_eq!((s.log.lines, s.log.suppressed), (1, 0));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use self::control::ControlServer;
 use self::logtap::{LogLine, LogTap};
 use crate::config::{Config, NetConfig};
-use crate::control::{Context, max_log_level};
+use crate::control::max_log_level;
 use crate::core::{ClientInfo, KickTarget, RelayCore, RelayEvent, Stats};
 use crate::crypto::key::ServerKey;
 use crate::crypto::rng::Rng;
@@ -208,7 +208,7 @@ impl Relay {
         registry: &Registry,
         tokens: TokenRange,
         log_tap: Option<LogTap>,
-        _now: Instant,
+        now: Instant,
     ) -> Result<Relay, Error> {
         let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
         let mut ucast = UdpSocket::from_std(unicast_socket(&net)?);
@@ -221,15 +221,8 @@ impl Relay {
             .map_err(Error::io("register"))?;
         let control = match net.control {
             Some(addr) => Some(
-                ControlServer::new(
-                    registry,
-                    addr,
-                    t(2),
-                    tokens.start + 3,
-                    net.max_control,
-                    net.control_token.clone(),
-                )
-                .map_err(Error::io("bind the control port"))?,
+                ControlServer::new(registry, addr, t(2), tokens.start + 3, &net, now)
+                    .map_err(Error::io("bind the control port"))?,
             ),
             None => None,
         };
@@ -367,7 +360,7 @@ impl Relay {
             1 => {} // writable: flushed below
             2 => {
                 if let Some(c) = &mut self.control {
-                    c.accept(registry);
+                    c.accept(registry, now);
                 }
             }
             _ if readable || !writable => self.read_control(token, now),
@@ -381,18 +374,7 @@ impl Relay {
         let Some(key) = c.owns_conn(token) else {
             return;
         };
-        let local = c.local_addr();
-        let token_str = c.token().map(str::to_owned);
-        let mut cx = Context {
-            core: &mut self.core,
-            net: &self.net,
-            control_addr: Some(local),
-            token: token_str.as_deref(),
-            now,
-            shutdown_requested: false,
-        };
-        c.read(key, &mut cx);
-        if cx.shutdown_requested {
+        if c.read(key, &mut self.core, &self.net, now) {
             self.stop_requested = true;
         }
     }
@@ -475,13 +457,14 @@ impl Relay {
 
     /// The next instant the host must call [`Relay::handle_timeout`], if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.read_more || self.stop_requested {
+        let control_more = self.control.as_ref().is_some_and(ControlServer::wants_more);
+        if self.read_more || self.stop_requested || control_more {
             return Some(Instant::now().min(self.core.poll_timeout().unwrap_or(Instant::now())));
         }
         self.core.poll_timeout()
     }
 
-    /// Run timers (harmless when early), continue an interrupted read, flush.
+    /// Run timers (harmless when early), continue interrupted reads, flush.
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) {
         if self.stopped {
             return;
@@ -489,6 +472,11 @@ impl Relay {
         self.core.handle_timeout(now);
         if self.read_more {
             self.read_datagrams(now);
+        }
+        if let Some(c) = &mut self.control
+            && c.handle_timeout(&mut self.core, &self.net, now)
+        {
+            self.stop_requested = true;
         }
         self.after_io(registry, now);
     }
