@@ -19,6 +19,8 @@ use common::*;
 use mcrelay::client::Event;
 use mcrelay::core::Config;
 
+const TOKEN: &str = "op-token-4b1d";
+
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -30,6 +32,20 @@ fn assert_ok(reply: &[String]) {
         Some("OK"),
         "reply: {reply:?}"
     );
+}
+
+fn token_relay(max_control: usize) -> TestRelay {
+    TestRelay::start_with(Config::default(), move |net| {
+        net.control_token = Some(TOKEN.into());
+        net.max_control = max_control;
+    })
+}
+
+/// An operator who has authenticated.
+fn operator(relay: &TestRelay) -> Control {
+    let mut c = relay.control();
+    assert_ok(&c.cmd(&format!("auth {TOKEN}")));
+    c
 }
 
 /// Two registered clients exchanging messages on their own thread until stopped: windows of
@@ -90,6 +106,23 @@ impl Chat {
             .expect("a legitimate message was lost, reordered or late");
         assert!(n >= 200, "only {n} messages exchanged during the attack");
         n
+    }
+}
+
+/// Read until the relay closes the connection; the last line it sent (empty if none).
+fn last_words(c: Control, within: Duration) -> Result<String, String> {
+    let mut r = c.r;
+    r.get_ref().set_read_timeout(Some(within)).unwrap();
+    let mut last = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return Ok(last),
+            Ok(_) => last = line.trim_end().to_string(),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(last),
+            Err(e) => return Err(format!("still open after {within:?} ({e}); last {last:?}")),
+        }
     }
 }
 
@@ -177,6 +210,59 @@ fn stream_without_newlines(addr: SocketAddr, stop: &AtomicBool) -> (u64, u64) {
         }
     }
     (closed, sent)
+}
+
+// ------------------------------------------------------------------ finding 2
+
+/// Every control slot is taken by a connection that never authenticates, and the attacker
+/// keeps opening more. A legitimate operator with the token still gets in, authenticates and
+/// runs `stats`; its connection is never the one evicted; every silent connection is closed,
+/// by eviction or by the authentication deadline (5 s by default).
+///
+/// Before the fix the operator was refused (`ERR too many control connections`) for as long
+/// as the silent connections stayed open, which was forever.
+#[test]
+fn silent_unauthenticated_connections_cannot_lock_the_operator_out() {
+    let _serial = serial();
+    let relay = token_relay(4);
+    let chat = Chat::start(&relay);
+    let silent: Vec<Control> = (0..4).map(|_| relay.control()).collect();
+
+    let mut op = operator(&relay);
+    let stats = op.cmd("stats");
+    assert_ok(&stats);
+    assert!(stats.iter().any(|l| l.starts_with("clients ")), "{stats:?}");
+
+    // More silent connections: each takes the place of an older unauthenticated one, never
+    // of the authenticated operator.
+    let more: Vec<Control> = (0..10).map(|_| relay.control()).collect();
+    assert_ok(&op.cmd("ping"));
+
+    let t0 = Instant::now();
+    let mut how = std::collections::BTreeMap::<String, usize>::new();
+    for (i, c) in silent.into_iter().chain(more).enumerate() {
+        let last = last_words(c, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("silent connection {i}: {e}"));
+        assert!(
+            last.starts_with("ERR "),
+            "silent connection {i} ended with {last:?}"
+        );
+        *how.entry(last).or_default() += 1;
+    }
+    eprintln!(
+        "silent connections closed within {:?}: {how:?}",
+        t0.elapsed()
+    );
+    let s = op.stats_map();
+    assert_eq!(
+        s["control_evicted"] + s["control_auth_timeouts"],
+        14,
+        "{how:?}"
+    );
+    assert!(s["control_evicted"] >= 1);
+    // After the deadline has passed, the authenticated operator is still served.
+    assert_ok(&op.cmd("stats"));
+    chat.finish();
 }
 
 // ------------------------------------------------------------------ finding 4

@@ -68,8 +68,34 @@ macro_rules! control_counters {
 control_counters! {
     control_connections, Gauge, "Control connections open now.";
     control_output_bytes, Gauge, "Bytes of replies and log lines queued for operators.";
+    control_auth_timeouts, Counter, "Connections closed for not authenticating in time.";
+    control_idle_timeouts, Counter, "Connections closed after the idle timeout.";
+    control_evicted, Counter, "Unauthenticated connections closed to make room for a newcomer.";
+    control_refused, Counter, "Connections refused: every slot held by an authenticated operator.";
     control_overlong_closed, Counter, "Connections closed for sending 64 KiB without a newline.";
     control_read_paused, Counter, "Times reading a connection paused until its queued output drained.";
+}
+
+/// How long a control connection may stay without authenticating, or idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection that has not authenticated this long after connecting is closed (only
+    /// when the relay has a token).
+    pub auth: Duration,
+    /// An authenticated connection that has sent no command this long, and does not stream
+    /// the log, is closed; `None`: never.
+    pub idle: Option<Duration>,
+}
+
+impl Timeouts {
+    /// The settings' timeouts (`NetConfig::control_auth_timeout`, `control_idle_timeout`;
+    /// an idle timeout of zero means never).
+    pub fn of(net: &NetConfig) -> Self {
+        Timeouts {
+            auth: net.control_auth_timeout,
+            idle: (!net.control_idle_timeout.is_zero()).then_some(net.control_idle_timeout),
+        }
+    }
 }
 
 /// What the control port keeps across its connections: counters and the rate-limited log of
@@ -78,20 +104,27 @@ control_counters! {
 pub struct ControlState {
     /// The figures `stats` and `metrics` print after the core's.
     pub counters: ControlCounters,
+    timeouts: Timeouts,
     log: NoticeLog,
 }
 
 impl ControlState {
-    /// Fresh counters.
-    pub fn new(now: Instant) -> Self {
+    /// Fresh counters, with these deadlines for connections.
+    pub fn new(timeouts: Timeouts, now: Instant) -> Self {
         ControlState {
             counters: ControlCounters::default(),
+            timeouts,
             log: NoticeLog {
                 window: now,
                 lines: 0,
                 suppressed: 0,
             },
         }
+    }
+
+    /// The deadlines for connections.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// Log a warning about the control port's defences at work (an attack, usually): at most
@@ -141,6 +174,10 @@ impl NoticeLog {
 #[derive(Debug, Clone)]
 pub struct Operator {
     peer: SocketAddr,
+    /// When the connection was accepted (the authentication deadline counts from here).
+    connected_at: Instant,
+    /// When the last command line arrived (the idle timeout counts from here).
+    last_active: Instant,
     authed: bool,
     auth_failures: u32,
     log_on: bool,
@@ -151,10 +188,13 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// A new connection from `peer`; it starts authenticated when the relay has no token.
-    pub fn new(peer: SocketAddr, token_required: bool) -> Self {
+    /// A new connection from `peer`, accepted at `now`; it starts authenticated when the
+    /// relay has no token.
+    pub fn new(peer: SocketAddr, token_required: bool, now: Instant) -> Self {
         Operator {
             peer,
+            connected_at: now,
+            last_active: now,
             authed: !token_required,
             auth_failures: 0,
             log_on: false,
@@ -199,10 +239,52 @@ impl Operator {
         if !self.accepting {
             return None;
         }
+        self.last_active = cx.now;
         Some(match command::parse(line) {
             Ok(cmd) => self.run(cmd, cx),
             Err(e) => Err(e),
         })
+    }
+
+    /// When this connection must be closed unless something happens first: the
+    /// authentication deadline while it has not authenticated, then the idle timeout (not
+    /// while it streams the log: `mcrelay ctl --follow` sends nothing for hours). `None`
+    /// when it is closing anyway or has no deadline.
+    pub fn deadline(&self, t: &Timeouts) -> Option<Instant> {
+        if !self.accepting {
+            None
+        } else if !self.authed {
+            Some(self.connected_at + t.auth)
+        } else if self.log_level().is_some() {
+            None
+        } else {
+            t.idle.map(|d| self.last_active + d)
+        }
+    }
+
+    /// Past the deadline at `now`: stop accepting commands, count it and return the last
+    /// reply (the driver writes it and closes the connection).
+    pub fn expire(&mut self, now: Instant, state: &mut ControlState) -> Option<Reply> {
+        let t = state.timeouts;
+        if self.deadline(&t).is_none_or(|d| now < d) {
+            return None;
+        }
+        self.accepting = false;
+        let peer = self.peer;
+        Some(Err(if self.authed {
+            state.counters.control_idle_timeouts += 1;
+            let idle = t.idle.unwrap_or_default();
+            info!("control: {peer} idle for {idle:?}; closing it");
+            format!("idle for {idle:?}; closing")
+        } else {
+            state.counters.control_auth_timeouts += 1;
+            let auth = t.auth;
+            state.notice(
+                now,
+                format_args!("control: {peer} did not authenticate within {auth:?}; closing it"),
+            );
+            format!("authentication timeout: no auth within {auth:?}")
+        }))
     }
 
     /// Run one parsed command.
@@ -314,7 +396,7 @@ mod tests {
                 core,
                 net: NetConfig::default(),
                 now,
-                control: ControlState::new(now),
+                control: ControlState::new(Timeouts::of(&NetConfig::default()), now),
             }
         }
 
@@ -362,7 +444,11 @@ mod tests {
     }
 
     fn op(token_required: bool) -> Operator {
-        Operator::new("127.0.0.1:40000".parse().unwrap(), token_required)
+        Operator::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            token_required,
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -461,9 +547,59 @@ mod tests {
     }
 
     #[test]
+    fn auth_deadline_then_idle_timeout_but_not_while_following_the_log() {
+        let mut h = Harness::new();
+        let t0 = h.now;
+        let t = Timeouts {
+            auth: Duration::from_secs(5),
+            idle: Some(Duration::from_secs(300)),
+        };
+        h.control = ControlState::new(t, t0);
+        let peer = "127.0.0.1:40000".parse().unwrap();
+        let mut o = Operator::new(peer, true, t0);
+        // Unauthenticated: 5 s from connecting, whatever it sends meanwhile.
+        assert_eq!(o.deadline(&t), Some(t0 + Duration::from_secs(5)));
+        h.now = t0 + Duration::from_secs(4);
+        assert!(h.run(&mut o, "ping", Some("s3cret")).0.is_ok());
+        assert_eq!(o.deadline(&t), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(
+            o.expire(t0 + Duration::from_millis(4999), &mut h.control),
+            None
+        );
+        // Authenticated in time: from now on, 300 s after the last command.
+        assert!(h.run(&mut o, "auth s3cret", Some("s3cret")).0.is_ok());
+        assert_eq!(o.deadline(&t), Some(h.now + Duration::from_secs(300)));
+        assert_eq!(o.expire(t0 + Duration::from_secs(6), &mut h.control), None);
+        // Following the log: no idle timeout.
+        assert!(h.run(&mut o, "log on", Some("s3cret")).0.is_ok());
+        assert_eq!(o.deadline(&t), None);
+        assert!(h.run(&mut o, "log off", Some("s3cret")).0.is_ok());
+        let idle_at = h.now + Duration::from_secs(300);
+        assert_eq!(o.deadline(&t), Some(idle_at));
+        let r = o.expire(idle_at, &mut h.control);
+        assert_eq!(r, Some(Err("idle for 300s; closing".into())));
+        assert!(!o.is_accepting());
+        assert_eq!(o.deadline(&t), None, "closing: no more deadlines");
+        assert_eq!(h.control.counters.control_idle_timeouts, 1);
+
+        // A silent unauthenticated connection.
+        let mut silent = Operator::new(peer, true, t0);
+        let r = silent.expire(t0 + Duration::from_secs(5), &mut h.control);
+        assert_eq!(
+            r,
+            Some(Err("authentication timeout: no auth within 5s".into()))
+        );
+        assert_eq!(h.control.counters.control_auth_timeouts, 1);
+        // Idle timeout off: an authenticated operator never expires.
+        let off = Timeouts { idle: None, ..t };
+        assert_eq!(Operator::new(peer, false, t0).deadline(&off), None);
+        assert_eq!(Timeouts::of(&NetConfig::default()), t);
+    }
+
+    #[test]
     fn notices_are_rate_limited() {
         let t0 = Instant::now();
-        let mut s = ControlState::new(t0);
+        let mut s = ControlState::new(Timeouts::of(&NetConfig::default()), t0);
         for _ in 0..25 {
             s.notice(t0, format_args!("control: test"));
         }

@@ -121,6 +121,14 @@ pub fn format_config(
     line("control", &control);
     line("max_control", &net.max_control);
     line("control_auth", &on_off(net.control_token.is_some()));
+    line(
+        "control_auth_timeout_ms",
+        &net.control_auth_timeout.as_millis(),
+    );
+    line(
+        "control_idle_timeout_ms",
+        &net.control_idle_timeout.as_millis(),
+    );
     line("distribution", &core.mode());
     line("key_bits", &(core.key().modulus_len() * 8));
     line("key_fingerprint", &core.key().fingerprint_hex());

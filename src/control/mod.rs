@@ -12,7 +12,7 @@ mod format;
 pub use command::{Command, HELP, parse};
 pub use exec::{
     CONTROL_COUNTERS, Context, ControlCounters, ControlState, MAX_AUTH_FAILURES, Operator, Reply,
-    max_log_level,
+    Timeouts, max_log_level,
 };
 pub use format::{
     format_clients, format_config, format_control_metrics, format_control_stats, format_help,

@@ -15,6 +15,14 @@
 //!   operator reads, so replies are never built only to be discarded. Output per connection
 //!   is therefore at most `PAUSE_AT` plus one reply (a reply past [`OUTPUT_CAP`] closes that
 //!   connection only).
+//! - **Deadlines.** With a token, a connection must authenticate within
+//!   `NetConfig::control_auth_timeout`; any connection that sends no command for
+//!   `control_idle_timeout` (and does not stream the log) is closed. The [`Operator`] computes
+//!   its deadline from the `now` it is given; [`ControlServer::next_deadline`] is the earliest,
+//!   for the relay's `poll_timeout`.
+//! - **Room for an operator.** When every slot is taken, a newcomer evicts the oldest
+//!   connection that has not authenticated; it is refused only when every slot holds an
+//!   authenticated operator. At most [`ACCEPTS_PER_TURN`] connections are accepted per turn.
 //! - **No endless lines.** A line over `MAX_LINE` is discarded up to its newline and answered
 //!   with an error; a connection that sends [`MAX_UNTERMINATED`] bytes without any newline is
 //!   closed.
@@ -31,7 +39,7 @@ use slab::Slab;
 
 use super::logtap::LogLine;
 use crate::config::NetConfig;
-use crate::control::{Context, ControlState, MAX_LINE, Operator, Reply};
+use crate::control::{Context, ControlState, MAX_LINE, Operator, Reply, Timeouts};
 use crate::core::RelayCore;
 
 /// Output a connection may have queued before log lines are dropped.
@@ -52,6 +60,8 @@ pub(crate) const LINES_PER_TURN: usize = 32;
 pub(crate) const MAX_UNTERMINATED: usize = 64 * 1024;
 /// Kernel send buffer of a control connection (bounds memory held for a stalled operator).
 pub(crate) const SEND_BUFFER: usize = 64 * 1024;
+/// Connections accepted per listener event or continuation.
+pub(crate) const ACCEPTS_PER_TURN: usize = 16;
 /// One `read` from a connection.
 const READ_CHUNK: usize = 4096;
 
@@ -76,6 +86,8 @@ impl Budget {
 struct Conn {
     stream: TcpStream,
     op: Operator,
+    /// Order of admission (the oldest unauthenticated connection is evicted first).
+    seq: u64,
     /// Bytes read from the socket, `rbuf[rpos..rlen]` not yet split into lines.
     rbuf: Box<[u8]>,
     rpos: usize,
@@ -262,6 +274,10 @@ pub(crate) struct ControlServer {
     turn: Budget,
     /// Where the next continuation starts (round robin over pending connections).
     cursor: usize,
+    /// The last accept stopped at ACCEPTS_PER_TURN, not WouldBlock.
+    accept_pending: bool,
+    /// Admissions so far (each connection's `seq`).
+    admitted: u64,
 }
 
 impl ControlServer {
@@ -283,9 +299,11 @@ impl ControlServer {
             token_base,
             auth_token: net.control_token.clone(),
             local_addr,
-            state: ControlState::new(now),
+            state: ControlState::new(Timeouts::of(net), now),
             turn: Budget::TURN,
             cursor: 0,
+            accept_pending: false,
+            admitted: 0,
         })
     }
 
@@ -303,19 +321,68 @@ impl ControlServer {
         (k < self.max_conns && self.conns.contains(k)).then_some(k)
     }
 
-    /// Accept every pending connection (up to the cap; extra ones get one line and close).
+    /// Accept pending connections, at most ACCEPTS_PER_TURN (the rest in the next turn).
     pub(crate) fn accept(&mut self, registry: &Registry, now: Instant) {
-        loop {
+        self.accept_pending = false;
+        let mut accepted = 0;
+        while accepted < ACCEPTS_PER_TURN {
             match self.listener.accept() {
-                Ok((stream, peer)) => self.admit(registry, stream, peer, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok((stream, peer)) => {
+                    accepted += 1;
+                    self.admit(registry, stream, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     warn!("control: accept failed: {e}");
-                    break;
+                    return;
                 }
             }
         }
+        self.accept_pending = true;
+    }
+
+    /// A free slot for a newcomer from `peer`: there is one, or the oldest unauthenticated
+    /// connection gives up its own (connections already closing go first, silently).
+    fn make_room(&mut self, registry: &Registry, peer: SocketAddr, now: Instant) -> bool {
+        if self.conns.len() < self.max_conns {
+            return true;
+        }
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.dead || c.closing || !c.op.is_authenticated())
+            .min_by_key(|(_, c)| (!(c.dead || c.closing), c.seq))
+            .map(|(k, _)| k);
+        let Some(key) = victim else {
+            self.state.counters.control_refused += 1;
+            self.state.notice(
+                now,
+                format_args!(
+                    "control: refusing {peer}: {} authenticated operators connected \
+                     (--max-control)",
+                    self.max_conns
+                ),
+            );
+            return false;
+        };
+        let mut c = self.conns.remove(key);
+        if !(c.dead || c.closing) {
+            self.state.counters.control_evicted += 1;
+            self.state.notice(
+                now,
+                format_args!(
+                    "control: all {} slots taken; evicting {} (not authenticated) for {peer}",
+                    self.max_conns,
+                    c.op.peer()
+                ),
+            );
+            let _ = c.stream.write(
+                b"ERR evicted: every control slot is taken and this connection has not authenticated\n",
+            );
+        }
+        let _ = registry.deregister(&mut c.stream);
+        true
     }
 
     fn admit(
@@ -325,14 +392,7 @@ impl ControlServer {
         peer: SocketAddr,
         now: Instant,
     ) {
-        if self.conns.len() >= self.max_conns {
-            self.state.notice(
-                now,
-                format_args!(
-                    "control: refusing {peer}: {} operators connected (--max-control)",
-                    self.max_conns
-                ),
-            );
+        if !self.make_room(registry, peer, now) {
             let _ = stream.write(b"ERR too many control connections\n");
             return;
         }
@@ -345,12 +405,14 @@ impl ControlServer {
             return;
         }
         info!("control: operator connected from {peer}");
-        let op = Operator::new(peer, self.auth_token.is_some());
+        let op = Operator::new(peer, self.auth_token.is_some(), now);
         let mut out = Vec::new();
         out.extend_from_slice(op.greeting().as_bytes());
+        self.admitted += 1;
         entry.insert(Conn {
             stream,
             op,
+            seq: self.admitted,
             rbuf: vec![0; READ_CHUNK].into_boxed_slice(),
             rpos: 0,
             rlen: 0,
@@ -403,21 +465,45 @@ impl ControlServer {
         cx.shutdown_requested
     }
 
-    /// Is there work that no readiness event will announce (input left unread at a budget)?
-    /// The relay's `poll_timeout` is then "now".
+    /// Is there work that no readiness event will announce (connections or input left
+    /// waiting at a budget)? The relay's `poll_timeout` is then "now".
     pub(crate) fn wants_more(&self) -> bool {
-        self.conns.iter().any(|(_, c)| c.wants_service())
+        self.accept_pending || self.conns.iter().any(|(_, c)| c.wants_service())
     }
 
-    /// A new turn: continue the connections that stopped at a budget, round robin. Returns
+    /// The earliest authentication or idle deadline of a connection.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let t = self.state.timeouts();
+        self.conns
+            .iter()
+            .filter(|(_, c)| !(c.dead || c.closing))
+            .filter_map(|(_, c)| c.op.deadline(&t))
+            .min()
+    }
+
+    /// A new turn: close connections past their deadline, accept what is left in the
+    /// backlog, continue the connections that stopped at a budget (round robin). Returns
     /// whether an operator asked the relay to shut down.
     pub(crate) fn handle_timeout(
         &mut self,
+        registry: &Registry,
         core: &mut RelayCore,
         net: &NetConfig,
         now: Instant,
     ) -> bool {
         self.turn = Budget::TURN;
+        for (_, c) in self.conns.iter_mut() {
+            if c.dead || c.closing {
+                continue;
+            }
+            if let Some(last) = c.op.expire(now, &mut self.state) {
+                c.push_reply(&last);
+                c.closing = true;
+            }
+        }
+        if self.accept_pending {
+            self.accept(registry, now);
+        }
         let mut shutdown = false;
         let cap = self.conns.capacity();
         let start = self.cursor;

@@ -457,11 +457,18 @@ impl Relay {
 
     /// The next instant the host must call [`Relay::handle_timeout`], if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let control_more = self.control.as_ref().is_some_and(ControlServer::wants_more);
+        let control = self.control.as_ref();
+        let control_more = control.is_some_and(ControlServer::wants_more);
         if self.read_more || self.stop_requested || control_more {
             return Some(Instant::now().min(self.core.poll_timeout().unwrap_or(Instant::now())));
         }
-        self.core.poll_timeout()
+        match (
+            self.core.poll_timeout(),
+            control.and_then(ControlServer::next_deadline),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Run timers (harmless when early), continue interrupted reads, flush.
@@ -474,7 +481,7 @@ impl Relay {
             self.read_datagrams(now);
         }
         if let Some(c) = &mut self.control
-            && c.handle_timeout(&mut self.core, &self.net, now)
+            && c.handle_timeout(registry, &mut self.core, &self.net, now)
         {
             self.stop_requested = true;
         }

@@ -111,6 +111,7 @@ impl TestRelay {
             control: Some("127.0.0.1:0".parse().unwrap()),
             max_control: 8,
             control_token: None,
+            ..NetConfig::default()
         };
         tweak(&mut net);
         let key = server_key();
