@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -262,6 +262,81 @@ fn silent_unauthenticated_connections_cannot_lock_the_operator_out() {
     assert!(s["control_evicted"] >= 1);
     // After the deadline has passed, the authenticated operator is still served.
     assert_ok(&op.cmd("stats"));
+    chat.finish();
+}
+
+// ------------------------------------------------------------------ finding 3
+
+/// 2 s of reconnecting brute force: each connection pipelines three wrong `auth` lines (the
+/// per-connection cap) and reads the answers. An authenticated operator watches the counters;
+/// after the attack the right token works again from the same IP within the documented
+/// bound on the back-off (30 s).
+///
+/// Before the fix every guess was checked (thousands per second).
+#[test]
+fn reconnecting_auth_guesses_are_throttled_and_the_token_still_works_afterwards() {
+    let _serial = serial();
+    let relay = token_relay(8);
+    let chat = Chat::start(&relay);
+    let mut op = operator(&relay);
+
+    let (mut sent, mut checked, mut throttled, mut conns) = (0u64, 0u64, 0u64, 0u64);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        let mut s = TcpStream::connect(relay.control).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut guesses = String::new();
+        for k in 0..3 {
+            guesses.push_str(&format!("auth guess-{conns}-{k}\n"));
+        }
+        s.write_all(guesses.as_bytes()).unwrap();
+        sent += 3;
+        conns += 1;
+        let mut replies = String::new();
+        let _ = s.read_to_string(&mut replies);
+        for l in replies.lines() {
+            if l == "ERR authentication failed" {
+                checked += 1;
+            } else if l.starts_with("ERR authentication failed: throttled") {
+                throttled += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{conns} connections, {sent} guesses: {checked} checked, {throttled} refused unchecked"
+    );
+    assert!(sent >= 1000, "the attack made only {sent} attempts");
+    // Per source: 3 free failures, then one check each time the back-off (1 s, 2 s, 4 s, ...)
+    // runs out: at most 3 + 3 in 2 s.
+    assert!(
+        checked <= 6,
+        "{checked} of {sent} guesses were checked against the token"
+    );
+    let s = op.stats_map();
+    assert_eq!(s["control_auth_failures"], checked);
+    assert!(s["control_auth_throttled"] >= throttled);
+
+    // The attack has stopped: the operator gets in again within the back-off cap.
+    let t1 = Instant::now();
+    loop {
+        let mut c = relay.control();
+        let r = c.cmd(&format!("auth {TOKEN}"));
+        if r.last().map(String::as_str) == Some("OK") {
+            assert_ok(&c.cmd("stats"));
+            break;
+        }
+        assert!(
+            r[0].starts_with("ERR authentication failed: throttled"),
+            "{r:?}"
+        );
+        assert!(
+            t1.elapsed() < Duration::from_secs(35),
+            "still throttled {:?} after the attack",
+            t1.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("the right token worked {:?} after the attack", t1.elapsed());
     chat.finish();
 }
 

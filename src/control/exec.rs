@@ -4,7 +4,8 @@
 //! do and wants to see), hands complete lines to [`Operator::run_line`] and writes back the
 //! [`Reply`]; everything an operator can cause is decided here.
 
-use std::net::SocketAddr;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -16,10 +17,26 @@ use super::format::{
     format_metrics, format_stats,
 };
 use crate::config::NetConfig;
+use crate::core::ratelimit::{SourceKey, TokenBucket, source_key};
 use crate::core::{Metric, MetricKind, RelayCore};
 
-/// Failed `auth` attempts before the connection is closed.
+/// Refused `auth` attempts (failed or throttled) before the connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
+/// Failed `auth` attempts from one source (an IP address; for IPv6 a /64) before it must back
+/// off: its next attempts are refused unchecked for [`AUTH_BACKOFF_FIRST`], doubling with each
+/// further failure up to [`AUTH_BACKOFF_MAX`].
+pub const AUTH_FREE_FAILURES: u32 = 3;
+/// The first back-off of a source.
+pub const AUTH_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest back-off: once an attack stops, an operator at the attacker's address (all of
+/// loopback is one) is checked again after at most this long.
+pub const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A source's failures are forgotten after this long without one.
+pub const AUTH_FORGET: Duration = Duration::from_secs(600);
+/// `auth` attempts checked per second, all sources together (bursts of as many).
+pub const AUTH_CHECKS_PER_SEC: u32 = 10;
+/// Per-source entries (hashed with a per-process key; colliding sources share one).
+const AUTH_SOURCE_SLOTS: usize = 256;
 
 /// The answer to one line: body lines then `OK`, or `ERR <reason>`.
 pub type Reply = Result<String, String>;
@@ -68,6 +85,8 @@ macro_rules! control_counters {
 control_counters! {
     control_connections, Gauge, "Control connections open now.";
     control_output_bytes, Gauge, "Bytes of replies and log lines queued for operators.";
+    control_auth_failures, Counter, "Auth attempts checked and refused.";
+    control_auth_throttled, Counter, "Auth attempts refused unchecked: their source backs off, or the global cap was reached.";
     control_auth_timeouts, Counter, "Connections closed for not authenticating in time.";
     control_idle_timeouts, Counter, "Connections closed after the idle timeout.";
     control_evicted, Counter, "Unauthenticated connections closed to make room for a newcomer.";
@@ -105,6 +124,7 @@ pub struct ControlState {
     /// The figures `stats` and `metrics` print after the core's.
     pub counters: ControlCounters,
     timeouts: Timeouts,
+    auth: AuthLimiter,
     log: NoticeLog,
 }
 
@@ -114,6 +134,7 @@ impl ControlState {
         ControlState {
             counters: ControlCounters::default(),
             timeouts,
+            auth: AuthLimiter::new(now),
             log: NoticeLog {
                 window: now,
                 lines: 0,
@@ -134,6 +155,94 @@ impl ControlState {
             warn!("{msg}");
         }
     }
+}
+
+/// One source's record of failed `auth` attempts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Strikes {
+    failures: u32,
+    last_failure: Option<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+/// Who may have an `auth` attempt checked: per source, a back-off after
+/// [`AUTH_FREE_FAILURES`] failures; over all sources, [`AUTH_CHECKS_PER_SEC`]. Reconnecting
+/// does not help: the record is per source address, not per connection.
+#[derive(Debug)]
+struct AuthLimiter {
+    sources: Box<[Strikes]>,
+    key: RandomState,
+    global: TokenBucket,
+}
+
+impl AuthLimiter {
+    fn new(now: Instant) -> Self {
+        AuthLimiter {
+            sources: vec![Strikes::default(); AUTH_SOURCE_SLOTS].into_boxed_slice(),
+            key: RandomState::new(),
+            global: TokenBucket::new(AUTH_CHECKS_PER_SEC, AUTH_CHECKS_PER_SEC, now),
+        }
+    }
+
+    fn strikes(&mut self, ip: IpAddr) -> &mut Strikes {
+        let mut h = self.key.build_hasher();
+        match source_key(ip) {
+            SourceKey::V4(b) => {
+                h.write_u8(4);
+                h.write(&b);
+            }
+            SourceKey::V6Prefix(b) => {
+                h.write_u8(6);
+                h.write(&b);
+            }
+        }
+        let n = self.sources.len();
+        // `n` is AUTH_SOURCE_SLOTS, not zero; the index is in range.
+        &mut self.sources[(h.finish() % n as u64) as usize]
+    }
+
+    /// May an attempt from `ip` be checked now? `Err(retry_in)` when not. A refused attempt
+    /// does not extend the back-off, so it ends at a known time whatever the attacker does.
+    fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if let Some(until) = self.strikes(ip).blocked_until
+            && now < until
+        {
+            return Err(until - now);
+        }
+        // A source that is backing off takes nothing from the global budget.
+        if !self.global.try_take(now) {
+            return Err(Duration::from_secs(1));
+        }
+        Ok(())
+    }
+
+    /// An attempt from `ip` was checked and failed; returns the back-off it now starts.
+    fn failed(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let s = self.strikes(ip);
+        if s.last_failure
+            .is_some_and(|t| now.saturating_duration_since(t) >= AUTH_FORGET)
+        {
+            s.failures = 0;
+        }
+        s.failures = s.failures.saturating_add(1);
+        s.last_failure = Some(now);
+        let beyond = s.failures.checked_sub(AUTH_FREE_FAILURES)?;
+        let backoff = AUTH_BACKOFF_FIRST
+            .saturating_mul(1 << beyond.min(16))
+            .min(AUTH_BACKOFF_MAX);
+        s.blocked_until = Some(now + backoff);
+        Some(backoff)
+    }
+
+    /// An attempt from `ip` succeeded: its record is cleared.
+    fn succeeded(&mut self, ip: IpAddr) {
+        *self.strikes(ip) = Strikes::default();
+    }
+}
+
+/// Whole seconds, rounded up, at least 1 (for "retry in N s").
+fn ceil_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// Rate limit for the control port's warnings: an attacker repeating an attack thousands of
@@ -296,7 +405,7 @@ impl Operator {
         match cmd {
             Command::Help => format_help(&mut body),
             Command::Ping => {}
-            Command::Auth(token) => return self.auth(&token, cx.token),
+            Command::Auth(token) => return self.auth(&token, cx),
             Command::Stats => {
                 format_stats(&mut body, cx.core, cx.now);
                 format_control_stats(&mut body, &cx.control.counters);
@@ -329,8 +438,8 @@ impl Operator {
         Ok(body)
     }
 
-    fn auth(&mut self, token: &str, want: Option<&str>) -> Reply {
-        let Some(want) = want else {
+    fn auth(&mut self, token: &str, cx: &mut Context<'_>) -> Reply {
+        let Some(want) = cx.token else {
             self.authed = true;
             return Ok("no token configured\n".into());
         };
@@ -339,24 +448,52 @@ impl Operator {
         if self.auth_failures >= MAX_AUTH_FAILURES {
             return Err("authentication failed".into());
         }
+        let (ip, now, state) = (self.peer.ip(), cx.now, &mut *cx.control);
+        if let Err(retry) = state.auth.admit(ip, now) {
+            // Refused unchecked, even the right token: a check now would tell a guesser.
+            state.counters.control_auth_throttled += 1;
+            self.refused(now, state);
+            let retry = ceil_secs(retry);
+            return Err(format!(
+                "authentication failed: throttled, retry in {retry}s"
+            ));
+        }
         if bool::from(want.as_bytes().ct_eq(token.as_bytes())) {
+            state.auth.succeeded(ip);
             self.authed = true;
             info!("control: {} authenticated", self.peer);
             return Ok(String::new());
         }
-        self.auth_failures += 1;
-        warn!(
-            "control: failed auth from {} ({} of {MAX_AUTH_FAILURES})",
-            self.peer, self.auth_failures
+        state.counters.control_auth_failures += 1;
+        let n = self.auth_failures + 1;
+        let peer = self.peer;
+        state.notice(
+            now,
+            format_args!("control: failed auth from {peer} ({n} of {MAX_AUTH_FAILURES})"),
         );
+        if let Some(d) = state.auth.failed(ip, now) {
+            state.notice(
+                now,
+                format_args!("control: auth from {ip} refused unchecked for {d:?} (back-off)"),
+            );
+        }
+        self.refused(now, state);
+        Err("authentication failed".into())
+    }
+
+    /// Count a refused attempt on this connection; close it at MAX_AUTH_FAILURES.
+    fn refused(&mut self, now: Instant, state: &mut ControlState) {
+        self.auth_failures += 1;
         if self.auth_failures >= MAX_AUTH_FAILURES {
-            warn!(
-                "control: closing {} after {MAX_AUTH_FAILURES} failed auth attempts",
-                self.peer
+            let peer = self.peer;
+            state.notice(
+                now,
+                format_args!(
+                    "control: closing {peer} after {MAX_AUTH_FAILURES} refused auth attempts"
+                ),
             );
             self.accepting = false;
         }
-        Err("authentication failed".into())
     }
 }
 
@@ -503,6 +640,83 @@ mod tests {
             "ignored after lockout"
         );
         assert!(!o.is_authenticated());
+    }
+
+    fn op_from(ip: &str) -> Operator {
+        Operator::new(format!("{ip}:40000").parse().unwrap(), true, Instant::now())
+    }
+
+    #[test]
+    fn failed_auth_backs_off_per_source_across_connections() {
+        let mut h = Harness::new();
+        let t0 = h.now;
+        let tok = Some("s3cret");
+        let failed: Reply = Err("authentication failed".into());
+        let throttled =
+            |s: u64| -> Reply { Err(format!("authentication failed: throttled, retry in {s}s")) };
+        // Three connections with one wrong guess each: reconnecting does not reset the count.
+        for _ in 0..3 {
+            let mut o = op(true);
+            assert_eq!(h.run(&mut o, "auth nope", tok).0, failed);
+        }
+        // The source now backs off 1 s: refused unchecked, even with the right token.
+        let mut o = op(true);
+        assert_eq!(h.run(&mut o, "auth s3cret", tok).0, throttled(1));
+        assert!(!o.is_authenticated());
+        // Another source is not affected.
+        let mut other = op_from("127.0.0.2");
+        assert_eq!(h.run(&mut other, "auth s3cret", tok).0, Ok(String::new()));
+        // Each further failure doubles the back-off, up to AUTH_BACKOFF_MAX.
+        let mut until = t0 + Duration::from_secs(1);
+        for next in [2, 4, 8, 16, 30, 30] {
+            h.now = until - Duration::from_millis(1);
+            assert_eq!(h.run(&mut op(true), "auth nope", tok).0, throttled(1));
+            h.now = until;
+            assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+            assert_eq!(h.run(&mut op(true), "auth nope", tok).0, throttled(next));
+            until = h.now + Duration::from_secs(next);
+        }
+        assert_eq!(h.control.counters.control_auth_failures, 3 + 6);
+        assert_eq!(h.control.counters.control_auth_throttled, 1 + 6 * 2);
+        // When the back-off ends, the right token works and clears the record.
+        h.now = until;
+        let mut o = op(true);
+        assert_eq!(h.run(&mut o, "auth s3cret", tok).0, Ok(String::new()));
+        assert!(o.is_authenticated());
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        // Failures are forgotten after AUTH_FORGET without one.
+        h.now += AUTH_FORGET;
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        assert_eq!(
+            h.run(&mut op(true), "auth s3cret", tok).0,
+            Ok(String::new())
+        );
+    }
+
+    #[test]
+    fn auth_checks_are_capped_over_all_sources() {
+        let mut h = Harness::new();
+        let tok = Some("s3cret");
+        // One wrong guess from each of many addresses: at most AUTH_CHECKS_PER_SEC checked.
+        let mut checked = 0;
+        for i in 0..50 {
+            let mut o = op_from(&format!("10.0.{i}.1"));
+            match h.run(&mut o, "auth nope", tok).0 {
+                Err(e) if e == "authentication failed" => checked += 1,
+                Err(e) => assert_eq!(e, "authentication failed: throttled, retry in 1s"),
+                Ok(_) => panic!("wrong token accepted"),
+            }
+        }
+        assert_eq!(checked, AUTH_CHECKS_PER_SEC);
+        assert_eq!(h.control.counters.control_auth_throttled, 50 - 10);
+        // The bucket refills: 100 ms buys one check.
+        h.now += Duration::from_millis(100);
+        let mut o = op_from("10.1.0.1");
+        assert_eq!(h.run(&mut o, "auth s3cret", tok).0, Ok(String::new()));
+        let mut o = op_from("10.1.0.2");
+        assert!(h.run(&mut o, "auth s3cret", tok).0.is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod format;
 
 pub use command::{Command, HELP, parse};
 pub use exec::{
+    AUTH_BACKOFF_FIRST, AUTH_BACKOFF_MAX, AUTH_CHECKS_PER_SEC, AUTH_FORGET, AUTH_FREE_FAILURES,
     CONTROL_COUNTERS, Context, ControlCounters, ControlState, MAX_AUTH_FAILURES, Operator, Reply,
     Timeouts, max_log_level,
 };

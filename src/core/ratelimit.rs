@@ -200,12 +200,12 @@ impl HandshakeBudget {
 const _: () = assert!(PER_SOURCE_SLOTS.is_power_of_two());
 
 #[derive(Debug, PartialEq, Eq)]
-enum SourceKey {
+pub(crate) enum SourceKey {
     V4([u8; 4]),
     V6Prefix([u8; 8]),
 }
 
-fn source_key(ip: IpAddr) -> SourceKey {
+pub(crate) fn source_key(ip: IpAddr) -> SourceKey {
     match ip {
         IpAddr::V4(v4) => SourceKey::V4(v4.octets()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
