@@ -60,6 +60,9 @@ pub(crate) const LINES_PER_TURN: usize = 32;
 pub(crate) const MAX_UNTERMINATED: usize = 64 * 1024;
 /// Kernel send buffer of a control connection (bounds memory held for a stalled operator).
 pub(crate) const SEND_BUFFER: usize = 64 * 1024;
+/// Kernel receive buffer of a control connection: commands are short, and what an attacker
+/// can park in the kernel (and make the relay free when it closes the connection) is bounded.
+pub(crate) const RECV_BUFFER: usize = 64 * 1024;
 /// Connections accepted per listener event or continuation.
 pub(crate) const ACCEPTS_PER_TURN: usize = 16;
 /// One `read` from a connection.
@@ -290,6 +293,8 @@ impl ControlServer {
         now: Instant,
     ) -> io::Result<Self> {
         let mut listener = TcpListener::bind(addr)?;
+        // Accepted connections inherit it, and advertise a window to match from the start.
+        let _ = socket2::SockRef::from(&listener).set_recv_buffer_size(RECV_BUFFER);
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         Ok(ControlServer {
@@ -377,9 +382,13 @@ impl ControlServer {
                     c.op.peer()
                 ),
             );
-            let _ = c.stream.write(
-                b"ERR evicted: every control slot is taken and this connection has not authenticated\n",
+            // Its last words after what it has queued (the greeting, perhaps): one write.
+            let e: Reply = Err(
+                "evicted: every control slot is taken and this connection has not authenticated"
+                    .into(),
             );
+            c.push_reply(&e);
+            let _ = c.stream.write(&c.out[c.out_pos..]);
         }
         let _ = registry.deregister(&mut c.stream);
         true
@@ -397,7 +406,9 @@ impl ControlServer {
             return;
         }
         // Bound what the kernel holds for a stalled operator too, not only our queue.
-        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
+        let sock = socket2::SockRef::from(&stream);
+        let _ = sock.set_send_buffer_size(SEND_BUFFER);
+        let _ = sock.set_recv_buffer_size(RECV_BUFFER);
         let entry = self.conns.vacant_entry();
         let token = Token(self.token_base + entry.key());
         if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
