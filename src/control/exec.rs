@@ -126,6 +126,7 @@ pub struct ControlState {
     timeouts: Timeouts,
     auth: AuthLimiter,
     log: NoticeLog,
+    conn_log: NoticeLog,
 }
 
 impl ControlState {
@@ -135,11 +136,8 @@ impl ControlState {
             counters: ControlCounters::default(),
             timeouts,
             auth: AuthLimiter::new(now),
-            log: NoticeLog {
-                window: now,
-                lines: 0,
-                suppressed: 0,
-            },
+            log: NoticeLog::new(now, log::Level::Warn, "control-port warnings"),
+            conn_log: NoticeLog::new(now, log::Level::Info, "control connect/disconnect lines"),
         }
     }
 
@@ -153,6 +151,14 @@ impl ControlState {
     pub fn notice(&mut self, now: Instant, msg: std::fmt::Arguments<'_>) {
         if self.log.allow(now) {
             warn!("{msg}");
+        }
+    }
+
+    /// Log a connection opening or closing, at info level, rate-limited like
+    /// [`ControlState::notice`] but separately (a connection flood must not hide warnings).
+    pub fn connection_note(&mut self, now: Instant, msg: std::fmt::Arguments<'_>) {
+        if self.conn_log.allow(now) {
+            info!("{msg}");
         }
     }
 }
@@ -252,17 +258,31 @@ struct NoticeLog {
     window: Instant,
     lines: u32,
     suppressed: u64,
+    level: log::Level,
+    what: &'static str,
 }
 
 impl NoticeLog {
     const PER_SEC: u32 = 10;
 
+    fn new(now: Instant, level: log::Level, what: &'static str) -> Self {
+        NoticeLog {
+            window: now,
+            lines: 0,
+            suppressed: 0,
+            level,
+            what,
+        }
+    }
+
     fn allow(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
             if self.suppressed > 0 {
-                warn!(
-                    "control: {} more control-port warnings not logged (see `stats`)",
-                    self.suppressed
+                log::log!(
+                    self.level,
+                    "control: {} more {} not logged (see `stats`)",
+                    self.suppressed,
+                    self.what
                 );
             }
             self.window = now;
@@ -820,6 +840,12 @@ mod tests {
         assert_eq!((s.log.lines, s.log.suppressed), (10, 15));
         s.notice(t0 + Duration::from_secs(1), format_args!("control: test"));
         assert_eq!((s.log.lines, s.log.suppressed), (1, 0));
+        // Connection lines have their own allowance.
+        for _ in 0..12 {
+            s.connection_note(t0, format_args!("control: test"));
+        }
+        assert_eq!((s.conn_log.lines, s.conn_log.suppressed), (10, 2));
+        assert_eq!(s.log.suppressed, 0);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::{info, warn};
+use log::warn;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
@@ -415,7 +415,8 @@ impl ControlServer {
             warn!("control: cannot register {peer}: {e}");
             return;
         }
-        info!("control: operator connected from {peer}");
+        self.state
+            .connection_note(now, format_args!("control: operator connected from {peer}"));
         let op = Operator::new(peer, self.auth_token.is_some(), now);
         let mut out = Vec::new();
         out.extend_from_slice(op.greeting().as_bytes());
@@ -576,7 +577,7 @@ impl ControlServer {
 
     /// Write queued output; close dead connections. Problems close the connection concerned
     /// and are logged.
-    pub(crate) fn flush(&mut self, registry: &Registry) {
+    pub(crate) fn flush(&mut self, registry: &Registry, now: Instant) {
         let mut queued = 0;
         // Slab keys are dense below `capacity`: no list to allocate on every loop turn.
         for key in 0..self.conns.capacity() {
@@ -591,7 +592,9 @@ impl ControlServer {
             if c.dead {
                 let mut c = self.conns.remove(key);
                 let _ = registry.deregister(&mut c.stream);
-                info!("control: operator {} disconnected", c.op.peer());
+                let peer = c.op.peer();
+                let msg = format_args!("control: operator {peer} disconnected");
+                self.state.connection_note(now, msg);
             } else {
                 queued += c.queued();
             }
@@ -602,11 +605,11 @@ impl ControlServer {
     }
 
     /// Flush what can be flushed and close everything.
-    pub(crate) fn close_all(&mut self, registry: &Registry) {
+    pub(crate) fn close_all(&mut self, registry: &Registry, now: Instant) {
         for (_, c) in self.conns.iter_mut() {
             c.close_after_flush = true;
         }
-        self.flush(registry);
+        self.flush(registry, now);
         for mut c in self.conns.drain() {
             let _ = registry.deregister(&mut c.stream);
         }

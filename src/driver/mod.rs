@@ -413,7 +413,7 @@ impl Relay {
     fn after_io(&mut self, registry: &Registry, now: Instant) {
         self.core.process_registrations(now, REGISTRATIONS_PER_TURN);
         self.flush_transmits();
-        self.flush_control(registry);
+        self.flush_control(registry, now);
     }
 
     fn flush_transmits(&mut self) {
@@ -432,7 +432,7 @@ impl Relay {
         }
     }
 
-    fn flush_control(&mut self, registry: &Registry) {
+    fn flush_control(&mut self, registry: &Registry, now: Instant) {
         if let Some(tap) = &self.log_tap {
             self.log_lines.clear();
             let dropped = tap.drain_into(&mut self.log_lines);
@@ -443,7 +443,7 @@ impl Relay {
             }
         }
         if let Some(c) = &mut self.control {
-            c.flush(registry);
+            c.flush(registry, now);
             if self.manage_log_level {
                 // Stream only what someone reads: drop the global level back when operators
                 // lower theirs or leave.
@@ -507,10 +507,10 @@ impl Relay {
         if left > 0 {
             warn!("shutdown: {left} notices could not be sent");
         }
-        self.flush_control(registry);
+        self.flush_control(registry, now);
         if let Some(c) = &mut self.control {
             c.broadcast_line("LOG INFO relay stopped");
-            c.close_all(registry);
+            c.close_all(registry, now);
         }
         if let Err(e) = self
             .mcast
