@@ -601,6 +601,7 @@ impl Server {
                         max_control: 8,
                         control_token: None,
                         ttl: 0,
+                        ..NetConfig::default()
                     };
                     let mut relay = Relay::builder(key)
                         .config(bench_config(clients))

@@ -350,7 +350,16 @@ pub struct NetConfig {
     pub control_token: Option<String>,
     /// Multicast TTL of what the relay sends to a group (group mode); 0 never leaves the host.
     pub ttl: u32,
+    /// With a token: a control connection that has not authenticated this long after
+    /// connecting is closed.
+    pub control_auth_timeout: Duration,
+    /// A control connection that sent no command this long (and does not stream the log) is
+    /// closed; zero: never.
+    pub control_idle_timeout: Duration,
 }
+
+/// Longest `control_auth_timeout`.
+const MAX_CONTROL_AUTH_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -362,6 +371,8 @@ impl Default for NetConfig {
             max_control: 8,
             control_token: None,
             ttl: 1,
+            control_auth_timeout: Duration::from_secs(5),
+            control_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -397,6 +408,22 @@ impl NetConfig {
             return Err(ConfigError::new(
                 "max_control",
                 format!("must be 1..={MAX_CONTROL_LIMIT}"),
+            ));
+        }
+        if self.control_auth_timeout.is_zero()
+            || self.control_auth_timeout > MAX_CONTROL_AUTH_TIMEOUT
+        {
+            return Err(ConfigError::new(
+                "control_auth_timeout",
+                "must be between 1ms and 10 minutes",
+            ));
+        }
+        if !self.control_idle_timeout.is_zero()
+            && self.control_idle_timeout < Duration::from_secs(1)
+        {
+            return Err(ConfigError::new(
+                "control_idle_timeout",
+                "must be 0 (never) or at least 1s",
             ));
         }
         if let Some(t) = &self.control_token
@@ -572,6 +599,23 @@ mod tests {
             }),
             "max_control"
         );
+        for bad in [Duration::ZERO, Duration::from_secs(601)] {
+            let n = NetConfig {
+                control_auth_timeout: bad,
+                ..d()
+            };
+            assert_eq!(field(n), "control_auth_timeout");
+        }
+        let n = NetConfig {
+            control_idle_timeout: Duration::from_millis(500),
+            ..d()
+        };
+        assert_eq!(field(n), "control_idle_timeout");
+        let never = NetConfig {
+            control_idle_timeout: Duration::ZERO,
+            ..d()
+        };
+        assert_eq!(never.validate(), Ok(()));
         let open = NetConfig {
             control: Some("0.0.0.0:5008".parse().unwrap()),
             ..d()

@@ -1,6 +1,7 @@
 //! The tables in docs/ that name figures are the code's tables: every gauge, counter and drop
 //! reason is listed once, in the code's order, with the code's help text.
 
+use mcrelay::control::CONTROL_COUNTERS;
 use mcrelay::core::{GAUGES, Metric};
 use mcrelay::{DropReason, Stats};
 
@@ -84,5 +85,22 @@ fn control_md_lists_every_drop_reason_with_its_help() {
     assert_eq!(names, want, "docs/control.md drop reasons vs the code");
     for (d, (_, cells)) in DropReason::ALL.iter().zip(&rows) {
         assert_eq!(cells[0], d.help(), "{}", d.name());
+    }
+}
+
+#[test]
+fn control_md_lists_every_control_port_figure_with_its_help() {
+    let doc = std::fs::read_to_string("docs/control.md").unwrap();
+    let rows = table_after(&doc, "The control port's own figures");
+    let names: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
+    let want: Vec<&str> = CONTROL_COUNTERS.iter().map(|m| m.name).collect();
+    assert_eq!(
+        names, want,
+        "docs/control.md control-port figures vs the code"
+    );
+    for (m, (_, cells)) in CONTROL_COUNTERS.iter().zip(&rows) {
+        let kind = format!("{:?}", m.kind).to_lowercase();
+        assert_eq!(cells[0], kind, "{}", m.name);
+        assert_eq!(cells[1], as_doc(m.help), "{}", m.name);
     }
 }

@@ -1,13 +1,15 @@
 //! Reply bodies: `help`, `stats`, `clients`, `metrics`, `config`. Every figure comes from the
 //! core's tables ([`Stats::COUNTERS`](crate::core::Stats::COUNTERS),
-//! [`GAUGES`](crate::core::GAUGES), [`DropReason::ALL`]), so `stats` and `metrics` always show
-//! the same set under the same names.
+//! [`GAUGES`](crate::core::GAUGES), [`DropReason::ALL`]) and the control port's own
+//! ([`CONTROL_COUNTERS`](super::CONTROL_COUNTERS)), so `stats` and `metrics` always show the
+//! same set under the same names.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::command::HELP;
+use super::exec::ControlCounters;
 use crate::config::NetConfig;
 use crate::core::{ClientInfo, DropReason, Metric, MetricKind, RelayCore};
 
@@ -70,14 +72,7 @@ pub fn format_clients(out: &mut String, clients: impl Iterator<Item = ClientInfo
 /// `metrics`: Prometheus text exposition format 0.0.4.
 pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant) {
     for (m, v) in figures(core, now) {
-        let name = m.prometheus_name();
-        let kind = match m.kind {
-            MetricKind::Counter => "counter",
-            MetricKind::Gauge => "gauge",
-        };
-        let _ = writeln!(out, "# HELP {name} {}", m.help);
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {v}");
+        write_metric(out, m, v);
     }
     let s = core.stats();
     let _ = writeln!(
@@ -93,6 +88,18 @@ pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant) {
             s.drops(*d)
         );
     }
+}
+
+/// One figure with its `# HELP` and `# TYPE` lines.
+fn write_metric(out: &mut String, m: &Metric, v: u64) {
+    let name = m.prometheus_name();
+    let kind = match m.kind {
+        MetricKind::Counter => "counter",
+        MetricKind::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP {name} {}", m.help);
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {v}");
 }
 
 /// `config`: the effective settings, never a secret.
@@ -114,6 +121,14 @@ pub fn format_config(
     line("control", &control);
     line("max_control", &net.max_control);
     line("control_auth", &on_off(net.control_token.is_some()));
+    line(
+        "control_auth_timeout_ms",
+        &net.control_auth_timeout.as_millis(),
+    );
+    line(
+        "control_idle_timeout_ms",
+        &net.control_idle_timeout.as_millis(),
+    );
     line("distribution", &core.mode());
     if let crate::config::Distribution::Group(g) = &c.distribution {
         line("distribution_group", &g.addr);
@@ -149,4 +164,18 @@ pub fn format_config(
         .as_ref()
         .map_or("off".to_string(), |a| format!("on ({} names)", a.len()));
     line("admission", &admission);
+}
+
+/// The control port's figures as `stats` lines (after the core's).
+pub fn format_control_stats(out: &mut String, counters: &ControlCounters) {
+    for (m, v) in counters.figures() {
+        let _ = writeln!(out, "{} {v}", m.name);
+    }
+}
+
+/// The control port's figures in Prometheus text format (after the core's).
+pub fn format_control_metrics(out: &mut String, counters: &ControlCounters) {
+    for (m, v) in counters.figures() {
+        write_metric(out, m, v);
+    }
 }

@@ -29,7 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use self::control::ControlServer;
 use self::logtap::{LogLine, LogTap};
 use crate::config::{Config, NetConfig};
-use crate::control::{Context, max_log_level};
+use crate::control::max_log_level;
 use crate::core::{ClientInfo, KickTarget, RelayCore, RelayEvent, Stats};
 use crate::crypto::key::ServerKey;
 use crate::crypto::rng::Rng;
@@ -216,7 +216,7 @@ impl Relay {
         registry: &Registry,
         tokens: TokenRange,
         log_tap: Option<LogTap>,
-        _now: Instant,
+        now: Instant,
     ) -> Result<Relay, Error> {
         let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
         let mut ucast = UdpSocket::from_std(unicast_socket(&net)?);
@@ -229,15 +229,8 @@ impl Relay {
             .map_err(Error::io("register"))?;
         let control = match net.control {
             Some(addr) => Some(
-                ControlServer::new(
-                    registry,
-                    addr,
-                    t(2),
-                    tokens.start + 3,
-                    net.max_control,
-                    net.control_token.clone(),
-                )
-                .map_err(Error::io("bind the control port"))?,
+                ControlServer::new(registry, addr, t(2), tokens.start + 3, &net, now)
+                    .map_err(Error::io("bind the control port"))?,
             ),
             None => None,
         };
@@ -375,7 +368,7 @@ impl Relay {
             1 => {} // writable: flushed below
             2 => {
                 if let Some(c) = &mut self.control {
-                    c.accept(registry);
+                    c.accept(registry, now);
                 }
             }
             _ if readable || !writable => self.read_control(token, now),
@@ -389,18 +382,7 @@ impl Relay {
         let Some(key) = c.owns_conn(token) else {
             return;
         };
-        let local = c.local_addr();
-        let token_str = c.token().map(str::to_owned);
-        let mut cx = Context {
-            core: &mut self.core,
-            net: &self.net,
-            control_addr: Some(local),
-            token: token_str.as_deref(),
-            now,
-            shutdown_requested: false,
-        };
-        c.read(key, &mut cx);
-        if cx.shutdown_requested {
+        if c.read(key, &mut self.core, &self.net, now) {
             self.stop_requested = true;
         }
     }
@@ -439,7 +421,7 @@ impl Relay {
     fn after_io(&mut self, registry: &Registry, now: Instant) {
         self.core.process_registrations(now, REGISTRATIONS_PER_TURN);
         self.flush_transmits();
-        self.flush_control(registry);
+        self.flush_control(registry, now);
     }
 
     fn flush_transmits(&mut self) {
@@ -458,7 +440,7 @@ impl Relay {
         }
     }
 
-    fn flush_control(&mut self, registry: &Registry) {
+    fn flush_control(&mut self, registry: &Registry, now: Instant) {
         if let Some(tap) = &self.log_tap {
             self.log_lines.clear();
             let dropped = tap.drain_into(&mut self.log_lines);
@@ -469,7 +451,7 @@ impl Relay {
             }
         }
         if let Some(c) = &mut self.control {
-            c.flush(registry);
+            c.flush(registry, now);
             if self.manage_log_level {
                 // Stream only what someone reads: drop the global level back when operators
                 // lower theirs or leave.
@@ -483,13 +465,21 @@ impl Relay {
 
     /// The next instant the host must call [`Relay::handle_timeout`], if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.read_more || self.stop_requested {
+        let control = self.control.as_ref();
+        let control_more = control.is_some_and(ControlServer::wants_more);
+        if self.read_more || self.stop_requested || control_more {
             return Some(Instant::now().min(self.core.poll_timeout().unwrap_or(Instant::now())));
         }
-        self.core.poll_timeout()
+        match (
+            self.core.poll_timeout(),
+            control.and_then(ControlServer::next_deadline),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Run timers (harmless when early), continue an interrupted read, flush.
+    /// Run timers (harmless when early), continue interrupted reads, flush.
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) {
         if self.stopped {
             return;
@@ -497,6 +487,11 @@ impl Relay {
         self.core.handle_timeout(now);
         if self.read_more {
             self.read_datagrams(now);
+        }
+        if let Some(c) = &mut self.control
+            && c.handle_timeout(registry, &mut self.core, &self.net, now)
+        {
+            self.stop_requested = true;
         }
         self.after_io(registry, now);
     }
@@ -520,10 +515,10 @@ impl Relay {
         if left > 0 {
             warn!("shutdown: {left} notices could not be sent");
         }
-        self.flush_control(registry);
+        self.flush_control(registry, now);
         if let Some(c) = &mut self.control {
             c.broadcast_line("LOG INFO relay stopped");
-            c.close_all(registry);
+            c.close_all(registry, now);
         }
         if let Err(e) = self
             .mcast

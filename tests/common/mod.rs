@@ -130,6 +130,7 @@ impl TestRelay {
             max_control: 8,
             control_token: None,
             ttl: 0,
+            ..NetConfig::default()
         };
         tweak(&mut net);
         let key = server_key();

@@ -33,6 +33,8 @@ FLAGS (default; environment variable):
     --control-token-file PATH     require `auth <token>` with the token in PATH (none; MCRELAY_CONTROL_TOKEN_FILE)
                                   or give the token itself in MCRELAY_CONTROL_TOKEN
     --max-control N               simultaneous operators (8; MCRELAY_MAX_CONTROL)
+    --control-auth-timeout DUR    with a token: time to authenticate after connecting (5s; MCRELAY_CONTROL_AUTH_TIMEOUT)
+    --control-idle-timeout DUR    close operators silent this long, unless following the log; 0: never (5m; MCRELAY_CONTROL_IDLE_TIMEOUT)
     --key-file PATH               RSA key, PKCS#8 PEM; created (0600) if missing (ephemeral key; MCRELAY_KEY_FILE)
     --key-bits N                  size of a generated key, 2048..4096 (2048; MCRELAY_KEY_BITS)
     --client-timeout DUR          drop clients silent this long (30s; MCRELAY_CLIENT_TIMEOUT)
@@ -83,6 +85,8 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "control" => "--control",
         "control_token" => "--control-token-file",
         "max_control" => "--max-control",
+        "control_auth_timeout" => "--control-auth-timeout",
+        "control_idle_timeout" => "--control-idle-timeout",
         "client_timeout" => "--client-timeout",
         "keepalive_interval" => "--keepalive",
         "max_clients" => "--max-clients",
@@ -119,6 +123,12 @@ fn net_flags(f: &mut Flags) -> Result<NetConfig, UsageError> {
     net.control_token = control_token(f, "--control-token-file")?;
     net.max_control = f.get("--max-control", "MCRELAY_MAX_CONTROL", net.max_control)?;
     net.ttl = f.get("--ttl", "MCRELAY_TTL", net.ttl)?;
+    let env = "MCRELAY_CONTROL_AUTH_TIMEOUT";
+    let auth = f.get("--control-auth-timeout", env, Dur(net.control_auth_timeout))?;
+    net.control_auth_timeout = auth.0;
+    let env = "MCRELAY_CONTROL_IDLE_TIMEOUT";
+    let idle = f.get("--control-idle-timeout", env, Dur(net.control_idle_timeout))?;
+    net.control_idle_timeout = idle.0;
     Ok(net)
 }
 
