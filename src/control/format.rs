@@ -93,6 +93,10 @@ pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant) {
             s.drops(*d)
         );
     }
+    // Histograms (core/histogram.rs): handshake duration, message size.
+    for h in core.histograms().iter() {
+        h.write_prometheus(out);
+    }
 }
 
 /// `config`: the effective settings, never a secret.

@@ -10,6 +10,7 @@
 mod distribution;
 mod events;
 mod handshake;
+pub mod histogram;
 mod outbox;
 pub(crate) mod ratelimit;
 mod relay;
@@ -24,6 +25,7 @@ use std::time::Instant;
 
 pub use crate::config::{Config, ConfigError, MAX_ADMISSION_TOKEN, valid_name, valid_token};
 pub use events::RelayEvent;
+pub use histogram::{Histogram, Histograms};
 pub use relay::{GAUGES, KickTarget, RelayCore};
 pub use session::ClientInfo;
 pub use stats::{DropReason, Metric, MetricKind, Stats};
