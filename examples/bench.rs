@@ -593,6 +593,7 @@ impl Server {
                         control: None,
                         max_control: 8,
                         control_token: None,
+                        monitor: None,
                     };
                     let mut relay = Relay::builder(key)
                         .config(bench_config(clients))
