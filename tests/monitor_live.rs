@@ -641,6 +641,31 @@ fn each_route_answers_with_its_status_type_and_shape() {
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json().get("error").str(), "limit: not a number");
 
+    // The examples in docs/monitoring.md have the shapes the relay serves.
+    let doc_example = |heading: &str| {
+        let doc = std::fs::read_to_string("docs/monitoring.md").unwrap();
+        let at = doc.find(heading).unwrap_or_else(|| panic!("no {heading}"));
+        let block = doc[at..].split("```json\n").nth(1).unwrap();
+        Json::parse(block.split("```").next().unwrap())
+    };
+    let healthz = get(m, "/healthz").json();
+    assert_eq!(doc_example("### `/healthz`").keys(), healthz.keys());
+    let live = get(m, "/clients").json();
+    let doc = doc_example("### `/clients`");
+    assert_eq!(doc.keys(), live.keys());
+    let entry = |j: &Json| j.get("clients").arr()[0].keys().join(",");
+    assert_eq!(entry(&doc), entry(&live));
+    // /stats: abridged in the doc ("..."), every key it shows is served.
+    fn shown_keys_exist(doc: &Json, live: &Json, path: &str) {
+        if let Json::Obj(kv) = doc {
+            for (k, v) in kv.iter().filter(|(k, _)| k != "...") {
+                assert!(live.has(k), "docs/monitoring.md /stats shows {path}.{k}");
+                shown_keys_exist(v, live.get(k), &format!("{path}.{k}"));
+            }
+        }
+    }
+    shown_keys_exist(&doc_example("### `/stats`"), &get(m, "/stats").json(), "");
+
     // Anything else: 404; methods other than GET and HEAD: 405.
     for path in ["/", "/metrics/", "/Metrics", "/healthz.json", "/stats%20"] {
         let r = get(m, path);
