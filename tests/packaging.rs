@@ -238,10 +238,17 @@ fn exported_metrics() -> (BTreeSet<String>, String) {
         .expect("default config");
     let mut out = String::new();
     format_metrics(&mut out, &core, now);
+    // Sample names, and the family names of `# TYPE` (a histogram's family has none of its
+    // own samples: `_bucket`, `_sum`, `_count`).
     let names = out
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .chain(
+            out.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+                .map(str::to_string),
+        )
         .collect();
     (names, out)
 }
