@@ -46,7 +46,7 @@ use mcrelay::crypto::key::ServerKey;
 use mcrelay::crypto::rng::Rng;
 use mcrelay::driver::batch::{self, BATCH, RecvBatch};
 use mcrelay::wire::Outer;
-use mcrelay::{NetConfig, Relay};
+use mcrelay::{MonitorSettings, NetConfig, Relay};
 use mio::net::UdpSocket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -144,6 +144,7 @@ struct Opts {
     join_window: usize,
     rss: Option<PathBuf>,
     core_only: Option<u32>,
+    scrape_ms: Option<u64>,
 }
 
 const USAGE: &str = "\
@@ -164,6 +165,9 @@ cargo run --release --features internals --example bench -- [FLAGS]
   --rss BIN          memory mode: run `BIN serve` and the baseline as child processes and report
                      VmRSS/VmHWM idle, with N clients, and after a --rate trial
   --json             one JSON object on stdout instead of the table
+  --scrape-ms MS     instead of baseline vs relay: the relay without and with its HTTP monitor
+                     on, a thread doing GET /metrics every MS ms on a kept-alive connection
+                     (as Prometheus does) for the whole run; reports both and their ratio
   --core-only M      no sockets: drive RelayCore directly (sans-IO) with --clients clients and
                      M messages from client 0, for a profiler, e.g.
                      valgrind --tool=callgrind --toggle-collect='*relay_messages*' ...
@@ -207,6 +211,7 @@ fn parse() -> Result<Opts, String> {
             .unwrap_or(32),
         rss: a.opt_value_from_str("--rss").map_err(e)?,
         core_only: a.opt_value_from_str("--core-only").map_err(e)?,
+        scrape_ms: a.opt_value_from_str("--scrape-ms").map_err(e)?,
         systems: match (relay_only, baseline_only) {
             (true, false) => vec![Sys::Relay],
             (false, true) => vec![Sys::Baseline],
@@ -224,6 +229,12 @@ fn parse() -> Result<Opts, String> {
         return Err(format!(
             "--size must be {BODY_MIN}..=1000 (one datagram either way)"
         ));
+    }
+    if o.scrape_ms.is_some() && (o.rss.is_some() || o.systems != [Sys::Baseline, Sys::Relay]) {
+        return Err("--scrape-ms compares the relay with itself: no --rss, --*-only".into());
+    }
+    if o.scrape_ms == Some(0) {
+        return Err("--scrape-ms must be positive".into());
     }
     if o.rate <= 0.0 || o.duration <= 0.0 || o.trial_secs <= 0.0 || o.runs == 0 {
         return Err("--rate, --duration, --trial-secs, --runs must be positive".into());
@@ -551,6 +562,84 @@ struct Server {
     waker: Option<Arc<Waker>>,
     thread: Option<JoinHandle<()>>,
     child: Option<Child>,
+    scraper: Option<Scraper>,
+}
+
+/// GET /metrics every `interval` on one kept-alive connection, as Prometheus scrapes.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Figures>,
+}
+
+impl Scraper {
+    fn start(addr: SocketAddr, interval: Duration) -> Scraper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            // On the relay's core, as a Prometheus on the same host would compete with it;
+            // the generator's core (and so the latency it measures) is left alone.
+            if ncpus() >= 2 {
+                pin_to_cpu(0);
+            }
+            let mut s = std::net::TcpStream::connect(addr).expect("monitor connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            let (mut n, mut total_us, mut max_us, mut bytes) = (0u64, 0f64, 0f64, 0u64);
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut next = Instant::now();
+            while !stop2.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                s.write_all(req.as_bytes()).expect("scrape write");
+                // Read the head, then Content-Length bytes of body.
+                let mut have = 0;
+                let (head_end, body_len) = loop {
+                    let k = s.read(&mut buf[have..]).expect("scrape read");
+                    assert!(k > 0, "monitor closed the scrape connection");
+                    have += k;
+                    if let Some(p) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p]).to_string();
+                        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .expect("Content-Length");
+                        break (p + 4, len);
+                    }
+                };
+                while have < head_end + body_len {
+                    let k = s.read(&mut buf[have..]).expect("scrape read");
+                    assert!(k > 0, "monitor closed the scrape connection");
+                    have += k;
+                }
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                n += 1;
+                total_us += us;
+                max_us = max_us.max(us);
+                bytes += have as u64;
+                next += interval;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+            vec![
+                ("scrapes", n as f64),
+                ("scrape_mean_us", total_us / n.max(1) as f64),
+                ("scrape_max_us", max_us),
+                ("scrape_bytes_mean", bytes as f64 / n.max(1) as f64),
+            ]
+        });
+        Scraper { stop, thread }
+    }
+
+    fn stop(self) -> Figures {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("scraper thread")
+    }
 }
 
 const WAKE: Token = Token(0);
@@ -568,7 +657,7 @@ fn bench_config(clients: usize) -> Config {
 }
 
 impl Server {
-    fn start_thread(sys: Sys, pem: &str, clients: usize, n: u8) -> Server {
+    fn start_thread(sys: Sys, pem: &str, clients: usize, n: u8, scrape: Option<u64>) -> Server {
         let (group, port) = unique_endpoint(n);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -586,7 +675,7 @@ impl Server {
             match sys {
                 Sys::Baseline => {
                     let mut f = Forwarder::new(group, port, &poll).unwrap();
-                    tx.send((waker, None)).unwrap();
+                    tx.send((waker, None, None)).unwrap();
                     f.run(&mut poll, || stop2.load(Ordering::Relaxed));
                 }
                 Sys::Relay => {
@@ -601,6 +690,10 @@ impl Server {
                         max_control: 8,
                         control_token: None,
                         ttl: 0,
+                        monitor: scrape.map(|_| MonitorSettings {
+                            listen: "127.0.0.1:0".parse().unwrap(),
+                            ..MonitorSettings::default()
+                        }),
                         ..NetConfig::default()
                     };
                     let mut relay = Relay::builder(key)
@@ -608,7 +701,7 @@ impl Server {
                         .net(net)
                         .build(poll.registry(), Token(10), now)
                         .unwrap();
-                    tx.send((waker, Some(fp))).unwrap();
+                    tx.send((waker, Some(fp), relay.monitor_addr())).unwrap();
                     let mut events = Events::with_capacity(256);
                     while !stop2.load(Ordering::Relaxed) {
                         let timeout = relay
@@ -629,8 +722,11 @@ impl Server {
             }
             TRACK.with(|t| t.set(false));
         });
-        let (waker, pin) = rx.recv().expect("server thread started");
+        let (waker, pin, monitor) = rx.recv().expect("server thread started");
         let cpu = Cpu::Thread(thread_cpu_clock(&thread));
+        let scraper = monitor
+            .zip(scrape)
+            .map(|(addr, ms)| Scraper::start(addr, Duration::from_millis(ms)));
         Server {
             sys,
             group,
@@ -641,6 +737,7 @@ impl Server {
             waker: Some(waker),
             thread: Some(thread),
             child: None,
+            scraper,
         }
     }
 
@@ -696,6 +793,7 @@ impl Server {
             waker: None,
             thread: None,
             child: Some(child),
+            scraper: None,
         };
         s.wait_ready();
         s
@@ -740,7 +838,9 @@ impl Server {
             .unwrap_or((0, 0))
     }
 
-    fn stop(mut self) {
+    /// Stop it; the scraper's figures, if one ran.
+    fn stop(mut self) -> Figures {
+        let scraped = self.scraper.take().map(Scraper::stop).unwrap_or_default();
         self.stop.store(true, Ordering::SeqCst);
         if let Some(w) = &self.waker {
             let _ = w.wake();
@@ -752,6 +852,7 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+        scraped
     }
 }
 
@@ -1624,25 +1725,67 @@ fn main() {
     key.save_new(&key_file).expect("save key");
     let pem = std::fs::read_to_string(&key_file).unwrap();
     let fp = *key.fingerprint();
+    if o.scrape_ms.is_some() {
+        // What one /metrics body costs the relay thread to build, without the noise of the
+        // network and the other threads: the formatter /metrics and `ctl metrics` share.
+        let now = Instant::now();
+        let k = ServerKey::from_pkcs8_pem(&pem).unwrap();
+        let core = RelayCore::new(bench_config(o.clients), k, Rng::from_seed([7; 32]), now, 0)
+            .expect("valid config");
+        let mut body = String::new();
+        let rounds = 2000;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            body.clear();
+            mcrelay::control::format_metrics(&mut body, &core, now);
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+        eprintln!(
+            "bench: format_metrics: {us:.1} us for {} bytes (mean of {rounds})",
+            body.len()
+        );
+    }
 
-    let mut results: Vec<(Sys, Vec<Figures>)> =
-        o.systems.iter().map(|&s| (s, Vec::new())).collect();
+    // What is compared: baseline vs relay, or (--scrape-ms) the relay without vs with
+    // scrapes. The second column is divided by the first.
+    let variants: Vec<(&'static str, Sys, Option<u64>)> = match o.scrape_ms {
+        Some(ms) => vec![
+            ("relay", Sys::Relay, None),
+            ("scraped", Sys::Relay, Some(ms)),
+        ],
+        None => o.systems.iter().map(|&s| (s.name(), s, None)).collect(),
+    };
+    let mut results: Vec<(&'static str, Vec<Figures>)> =
+        variants.iter().map(|v| (v.0, Vec::new())).collect();
     let mut n = 0u8;
     for run in 0..o.runs {
-        for (sys, figs) in results.iter_mut() {
+        // With --scrape-ms, every other run measures the scraped relay first: whatever drifts
+        // during a run pair hits both orders alike.
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if o.scrape_ms.is_some() && run % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (label, figs) = &mut results[i];
+            let (_, sys, scrape) = variants[i];
             n = n.wrapping_add(1);
-            eprintln!("bench: run {}/{} {}", run + 1, o.runs, sys.name());
+            eprintln!("bench: run {}/{} {label}", run + 1, o.runs);
             let f = match &o.rss {
                 Some(bin) => {
-                    let s = Server::start_child(*sys, bin, &key_file, fp, o.clients, n);
-                    let f = measure_rss(&o, *sys, &s);
+                    let s = Server::start_child(sys, bin, &key_file, fp, o.clients, n);
+                    let f = measure_rss(&o, sys, &s);
                     s.stop();
                     f
                 }
                 None => {
-                    let s = Server::start_thread(*sys, &pem, o.clients, n);
-                    let f = measure(&o, *sys, &s);
-                    s.stop();
+                    let s = Server::start_thread(sys, &pem, o.clients, n, scrape);
+                    let mut f = measure(&o, sys, &s);
+                    let scraped = s.stop();
+                    if let Some(ms) = scrape {
+                        let n = scraped.first().map_or(0.0, |x| x.1);
+                        eprintln!("  scraper: {n} scrapes of /metrics every {ms} ms: {scraped:?}");
+                    }
+                    f.extend(scraped);
                     f
                 }
             };
@@ -1651,13 +1794,24 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let med: Vec<(Sys, Figures)> = results.iter().map(|(s, r)| (*s, medians(r))).collect();
-    let get = |sys: Sys, k: &str| {
+    let med: Vec<(&'static str, Figures)> = results.iter().map(|(l, r)| (*l, medians(r))).collect();
+    let get = |label: &str, k: &str| {
         med.iter()
-            .find(|(s, _)| *s == sys)
+            .find(|(l, _)| *l == label)
             .and_then(|(_, f)| f.iter().find(|(n, _)| *n == k).map(|x| x.1))
     };
-    let keys: Vec<&'static str> = med[0].1.iter().map(|(k, _)| *k).collect();
+    let (first, second) = match o.scrape_ms {
+        Some(_) => ("relay", "scraped"),
+        None => ("baseline", "relay"),
+    };
+    let mut keys: Vec<&'static str> = Vec::new();
+    for (_, f) in &med {
+        for (k, _) in f {
+            if !keys.contains(k) {
+                keys.push(k);
+            }
+        }
+    }
     if o.json {
         let mut s = format!(
             "{{\"clients\":{},\"senders\":{},\"size\":{},\"mode\":\"{}\",\"runs\":{}",
@@ -1666,6 +1820,8 @@ fn main() {
             o.size,
             if o.rss.is_some() {
                 "rss".to_string()
+            } else if let Some(ms) = o.scrape_ms {
+                format!("rate {} scrape {ms} ms", o.rate)
             } else if o.max {
                 "max".to_string()
             } else {
@@ -1673,8 +1829,8 @@ fn main() {
             },
             o.runs
         );
-        for (sys, f) in &med {
-            s += &format!(",\"{}\":{{", sys.name());
+        for (label, f) in &med {
+            s += &format!(",\"{label}\":{{");
             let body: Vec<String> = f
                 .iter()
                 .map(|(k, v)| format!("\"{k}\":{}", num(*v)))
@@ -1686,7 +1842,7 @@ fn main() {
         let body: Vec<String> = keys
             .iter()
             .map(|k| {
-                let r = match (get(Sys::Relay, k), get(Sys::Baseline, k)) {
+                let r = match (get(second, k), get(first, k)) {
                     (Some(a), Some(b)) if b != 0.0 => a / b,
                     _ => f64::NAN,
                 };
@@ -1704,6 +1860,8 @@ fn main() {
             o.size,
             if o.rss.is_some() {
                 format!("rss mode, rate {} msg/s", o.rate)
+            } else if let Some(ms) = o.scrape_ms {
+                format!("rate {} msg/s, GET /metrics every {ms} ms", o.rate)
             } else if o.max {
                 "max search".to_string()
             } else {
@@ -1713,11 +1871,17 @@ fn main() {
         );
         println!(
             "{:<32} {:>14} {:>14} {:>10}",
-            "figure", "baseline", "relay", "relay/base"
+            "figure",
+            first,
+            second,
+            format!(
+                "{second}/{}",
+                if first == "baseline" { "base" } else { first }
+            )
         );
         for k in &keys {
-            let b = get(Sys::Baseline, k);
-            let r = get(Sys::Relay, k);
+            let b = get(first, k);
+            let r = get(second, k);
             let ratio = match (r, b) {
                 (Some(a), Some(b)) if b != 0.0 => fmt(a / b),
                 _ => "-".into(),

@@ -356,6 +356,47 @@ pub struct NetConfig {
     /// A control connection that sent no command this long (and does not stream the log) is
     /// closed; zero: never.
     pub control_idle_timeout: Duration,
+    /// The HTTP monitor (docs/monitoring.md); `None` (the default) disables it.
+    pub monitor: Option<MonitorSettings>,
+}
+
+/// Most connections the HTTP monitor serves at once.
+pub const MAX_MONITOR_LIMIT: usize = 1024;
+
+/// The HTTP monitor's settings: `/metrics`, `/healthz`, `/stats`, `/clients`
+/// (docs/monitoring.md). The finer limits (deadlines, head sizes, output cap) are those of
+/// [`MonitorConfig::default`](crate::monitor::MonitorConfig).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorSettings {
+    /// Listen address. A non-loopback address requires `token`.
+    pub listen: SocketAddr,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Connections at once (1..=1024); one more is answered 503 and closed.
+    pub max_conns: usize,
+    /// Per-client counters on `/metrics` (label `client="<id>"`): one series per client and
+    /// counter, so off by default.
+    pub per_client_metrics: bool,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        MonitorSettings {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5009)),
+            token: None,
+            max_conns: 8,
+            per_client_metrics: false,
+        }
+    }
+}
+
+/// Is `t` a valid monitor bearer token: 1-100 bytes of token68 characters (RFC 9110,
+/// `A-Z a-z 0-9 - . _ ~ + / =`)?
+pub fn valid_bearer_token(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_ADMISSION_TOKEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
 }
 
 /// Longest `control_auth_timeout`.
@@ -373,6 +414,7 @@ impl Default for NetConfig {
             ttl: 1,
             control_auth_timeout: Duration::from_secs(5),
             control_idle_timeout: Duration::from_secs(300),
+            monitor: None,
         }
     }
 }
@@ -444,6 +486,43 @@ impl NetConfig {
                     "refusing to open the control port on non-loopback {addr} without a token \
                      (set --control-token-file or MCRELAY_CONTROL_TOKEN, or bind to 127.0.0.1)"
                 ),
+            ));
+        }
+        match &self.monitor {
+            Some(m) => self.validate_monitor(m),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_monitor(&self, m: &MonitorSettings) -> Result<(), ConfigError> {
+        if m.max_conns == 0 || m.max_conns > MAX_MONITOR_LIMIT {
+            return Err(ConfigError::new(
+                "monitor.max_conns",
+                format!("must be 1..={MAX_MONITOR_LIMIT}"),
+            ));
+        }
+        if let Some(t) = &m.token
+            && !valid_bearer_token(t)
+        {
+            return Err(ConfigError::new(
+                "monitor.token",
+                "must be 1-100 bytes of A-Z a-z 0-9 - . _ ~ + / = (a bearer token)",
+            ));
+        }
+        if !m.listen.ip().is_loopback() && m.token.is_none() {
+            return Err(ConfigError::new(
+                "monitor.listen",
+                format!(
+                    "refusing to serve the monitor on non-loopback {} without a token \
+                     (set --monitor-token-file or MCRELAY_MONITOR_TOKEN, or bind to 127.0.0.1)",
+                    m.listen
+                ),
+            ));
+        }
+        if m.listen.port() != 0 && self.control == Some(m.listen) {
+            return Err(ConfigError::new(
+                "monitor.listen",
+                format!("{} is the control port's address too", m.listen),
             ));
         }
         Ok(())
@@ -663,6 +742,68 @@ mod tests {
             NetConfig { ttl: 256, ..net }.validate().unwrap_err().field,
             "ttl"
         );
+    }
+
+    #[test]
+    fn monitor_settings_are_checked_with_the_field_named() {
+        let with = |m: MonitorSettings| NetConfig {
+            monitor: Some(m),
+            ..NetConfig::default()
+        };
+        let d = MonitorSettings::default;
+        assert_eq!(d().listen, "127.0.0.1:5009".parse().unwrap());
+        assert_eq!(
+            (d().max_conns, d().token, d().per_client_metrics),
+            (8, None, false)
+        );
+        assert_eq!(NetConfig::default().monitor, None, "off by default");
+        assert_eq!(with(d()).validate(), Ok(()));
+        let field = |m: MonitorSettings| with(m).validate().expect_err("refused").field;
+        assert_eq!(
+            field(MonitorSettings {
+                max_conns: 0,
+                ..d()
+            }),
+            "monitor.max_conns"
+        );
+        assert_eq!(
+            field(MonitorSettings {
+                max_conns: MAX_MONITOR_LIMIT + 1,
+                ..d()
+            }),
+            "monitor.max_conns"
+        );
+        for bad in ["", "a b", "tok\u{e9}n", "semi;colon", &"t".repeat(101)] {
+            let m = MonitorSettings {
+                token: Some(bad.to_string()),
+                ..d()
+            };
+            assert_eq!(field(m), "monitor.token", "{bad:?}");
+        }
+        // Off loopback only with a token, as the control port.
+        let open = MonitorSettings {
+            listen: "0.0.0.0:5009".parse().unwrap(),
+            ..d()
+        };
+        let e = with(open.clone()).validate().unwrap_err();
+        assert_eq!(e.field, "monitor.listen");
+        assert!(e.problem.contains("non-loopback 0.0.0.0:5009"), "{e}");
+        let with_token = MonitorSettings {
+            token: Some("s3cret-Tok~en+/=".into()),
+            ..open
+        };
+        assert_eq!(with(with_token).validate(), Ok(()));
+        let v6 = MonitorSettings {
+            listen: "[::1]:5009".parse().unwrap(),
+            ..d()
+        };
+        assert_eq!(with(v6).validate(), Ok(()));
+        // Not on the control port's address.
+        let clash = MonitorSettings {
+            listen: "127.0.0.1:5008".parse().unwrap(),
+            ..d()
+        };
+        assert_eq!(field(clash), "monitor.listen");
     }
 
     #[test]

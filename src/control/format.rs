@@ -88,6 +88,10 @@ pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant) {
             s.drops(*d)
         );
     }
+    // Histograms (core/histogram.rs): handshake duration, message size.
+    for h in core.histograms().iter() {
+        h.write_prometheus(out);
+    }
 }
 
 /// One figure with its `# HELP` and `# TYPE` lines.

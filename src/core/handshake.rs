@@ -32,6 +32,8 @@ pub(crate) struct PendingReg {
     /// Protocol version bound in the REGISTER's cookie.
     pub(crate) version: u16,
     pub(crate) ciphertext: Vec<u8>,
+    /// When it arrived (monitoring: the handshake-duration histogram).
+    pub(crate) arrived: Instant,
 }
 
 impl PendingReg {
@@ -269,6 +271,7 @@ impl Handshake {
             from,
             version,
             ciphertext: ct.to_vec(),
+            arrived: now,
         });
     }
 
@@ -519,6 +522,7 @@ mod tests {
                 from: t.from,
                 version: 2,
                 ciphertext: key::oaep_encrypt(&public, &plain).expect("encrypt"),
+                arrived: t.now,
             }
         };
         let ok =
@@ -532,6 +536,7 @@ mod tests {
             from: t.from,
             version: 2,
             ciphertext: vec![1; 256],
+            arrived: t.now,
         };
         assert_eq!(
             t.hs.decrypt(&server, &garbage).unwrap_err().drop,

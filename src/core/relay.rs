@@ -24,6 +24,7 @@ use super::distribution::{Cx, Strategy, Unicast};
 use super::events::{Events, RelayEvent};
 use super::group::Group;
 use super::handshake::{Handshake, PendingReg, RegisterContext, Registration, reject};
+use super::histogram::Histograms; // monitoring hook
 use super::outbox::Outbox;
 use super::ratelimit::HandshakeBudget;
 use super::session::{ClientInfo, Liveness, Sessions};
@@ -144,6 +145,8 @@ pub struct RelayCore {
     /// Plaintext being sealed for recipients (SEQ patched per recipient).
     seal_buf: Vec<u8>,
     shut_down: bool,
+    /// Handshake latency and message sizes (monitoring hook).
+    hist: Histograms,
 }
 
 impl RelayCore {
@@ -187,6 +190,7 @@ impl RelayCore {
             token: Vec::with_capacity(2048),
             seal_buf: Vec::with_capacity(2048),
             shut_down: false,
+            hist: Histograms::default(),
         })
     }
 
@@ -257,6 +261,15 @@ impl RelayCore {
             self.dist.backlog() as u64,
         ];
         GAUGES.iter().zip(values)
+    }
+    /// Handshake latency and message-size histograms (monitoring hook).
+    pub fn histograms(&self) -> &Histograms {
+        &self.hist
+    }
+    /// For the host to stamp a registration's end (monitoring hook; see
+    /// [`Histograms::stamp_registration`]).
+    pub fn histograms_mut(&mut self) -> &mut Histograms {
+        &mut self.hist
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -459,6 +472,7 @@ impl RelayCore {
                     s.bytes_in += wire_len as u64;
                 }
                 self.tel.stats.messages_in += 1;
+                self.hist.relayed(data.len()); // monitoring hook
                 let (dist, mut cx) = self.split(now);
                 let n = dist.relay(&mut cx, slot, data);
                 self.tel.stats.deliveries += n;
@@ -631,6 +645,7 @@ impl RelayCore {
                 .unwrap_or_default(),
             self.sessions.len()
         );
+        self.hist.registered(now, reg.arrived); // monitoring hook
         self.send_welcome(now, slot);
         self.send_members(now, slot);
         let join = Body::Join {

@@ -39,6 +39,7 @@ use slab::Slab;
 
 use super::logtap::LogLine;
 use crate::config::NetConfig;
+use crate::control::ControlCounters;
 use crate::control::{Context, ControlState, MAX_LINE, Operator, Reply, Timeouts};
 use crate::core::RelayCore;
 
@@ -284,6 +285,11 @@ pub(crate) struct ControlServer {
 }
 
 impl ControlServer {
+    /// The control port's own figures (`stats`, `metrics`, the monitor's `/metrics`).
+    pub(super) fn counters(&self) -> &ControlCounters {
+        &self.state.counters
+    }
+
     pub(crate) fn new(
         registry: &Registry,
         addr: SocketAddr,

@@ -15,6 +15,7 @@ pub mod batch;
 pub(crate) mod batch;
 mod control;
 pub mod logtap;
+pub mod monitor;
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -28,6 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use self::control::ControlServer;
 use self::logtap::{LogLine, LogTap};
+use self::monitor::Monitor;
 use crate::config::{Config, NetConfig};
 use crate::control::max_log_level;
 use crate::core::{ClientInfo, KickTarget, RelayCore, RelayEvent, Stats};
@@ -138,6 +140,8 @@ pub struct Relay {
     mcast: UdpSocket,
     ucast: UdpSocket,
     control: Option<ControlServer>,
+    /// The HTTP monitor (`net.monitor`), on the tokens after the control connections.
+    monitor: Option<Monitor>,
     tokens: TokenRange,
     log_tap: Option<LogTap>,
     log_lines: Vec<LogLine>,
@@ -205,9 +209,10 @@ impl Relay {
     }
 
     /// How many tokens a relay with these settings uses: the group socket, the reply
-    /// socket, the control listener and one per control connection.
+    /// socket, the control listener and one per control connection; with the monitor on,
+    /// its listener and one per monitor connection.
     pub fn tokens_needed(net: &NetConfig) -> usize {
-        3 + net.max_control
+        3 + net.max_control + net.monitor.as_ref().map_or(0, Monitor::tokens_needed)
     }
 
     fn open(
@@ -234,6 +239,15 @@ impl Relay {
             ),
             None => None,
         };
+        let monitor = match &net.monitor {
+            Some(m) => Some(Monitor::open(
+                registry,
+                m,
+                tokens.start + 3 + net.max_control,
+                now,
+            )?),
+            None => None,
+        };
         let reply_from = ucast.local_addr().map(|a| a.to_string());
         let control_at = control.as_ref().map(|c| c.local_addr().to_string());
         info!(
@@ -254,6 +268,7 @@ impl Relay {
             mcast,
             ucast,
             control,
+            monitor,
             tokens,
             log_tap,
             log_lines: Vec::new(),
@@ -313,6 +328,11 @@ impl Relay {
         self.control.as_ref().map(ControlServer::local_addr)
     }
 
+    /// The monitor's bound address, when it is on (useful with port 0).
+    pub fn monitor_addr(&self) -> Option<SocketAddr> {
+        self.monitor.as_ref().map(Monitor::local_addr)
+    }
+
     /// The address relay replies come from.
     pub fn reply_addr(&self) -> io::Result<SocketAddr> {
         self.ucast.local_addr()
@@ -342,6 +362,14 @@ impl Relay {
     /// Handle one readiness event for one of our tokens (others, stale and spurious events
     /// are ignored).
     pub fn handle_event(&mut self, registry: &Registry, event: &Event, now: Instant) {
+        if let Some(m) = &mut self.monitor
+            && m.owns(event.token())
+            && !self.stopped
+        {
+            // The monitor reads closed and errored sockets from the event itself.
+            m.handle_event(registry, event, now);
+            return self.after_io(registry, now);
+        }
         self.handle_ready(
             registry,
             event.token(),
@@ -364,6 +392,11 @@ impl Relay {
             return;
         }
         match token.0 - self.tokens.start {
+            _ if self.monitor.as_ref().is_some_and(|m| m.owns(token)) => {
+                if let Some(m) = &mut self.monitor {
+                    m.handle_ready(registry, token, readable, writable, now);
+                }
+            }
             0 => self.read_datagrams(now),
             1 => {} // writable: flushed below
             2 => {
@@ -417,11 +450,29 @@ impl Relay {
         self.read_more = true;
     }
 
-    /// Work that follows any input: RSA (bounded), sends, logs.
+    /// Work that follows any input: RSA (bounded), sends, logs, monitor requests (bounded).
     fn after_io(&mut self, registry: &Registry, now: Instant) {
-        self.core.process_registrations(now, REGISTRATIONS_PER_TURN);
+        // One registration per call, the clock read before and stamped after: the handshake
+        // histogram then counts each decryption (core/histogram.rs).
+        for _ in 0..REGISTRATIONS_PER_TURN {
+            if self.core.process_registrations(Instant::now(), 1) == 0 {
+                break;
+            }
+            self.core
+                .histograms_mut()
+                .stamp_registration(Instant::now());
+        }
         self.flush_transmits();
         self.flush_control(registry, now);
+        if let Some(m) = &mut self.monitor {
+            let control = self.control.as_ref().map(ControlServer::counters);
+            m.serve(
+                &self.core,
+                control,
+                self.stop_requested || self.stopped,
+                now,
+            );
+        }
     }
 
     fn flush_transmits(&mut self) {
@@ -470,13 +521,12 @@ impl Relay {
         if self.read_more || self.stop_requested || control_more {
             return Some(Instant::now().min(self.core.poll_timeout().unwrap_or(Instant::now())));
         }
-        match (
-            self.core.poll_timeout(),
-            control.and_then(ControlServer::next_deadline),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let monitor = self.monitor.as_ref().and_then(Monitor::poll_timeout);
+        let control = control.and_then(ControlServer::next_deadline);
+        [self.core.poll_timeout(), control, monitor]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Run timers (harmless when early), continue interrupted reads, flush.
@@ -494,6 +544,9 @@ impl Relay {
             self.stop_requested = true;
         }
         self.after_io(registry, now);
+        if let Some(m) = &mut self.monitor {
+            m.handle_timeout(registry, now);
+        }
     }
 
     /// Graceful stop: clients get SHUTDOWN, operators a last line, the group is left and
@@ -519,6 +572,12 @@ impl Relay {
         if let Some(c) = &mut self.control {
             c.broadcast_line("LOG INFO relay stopped");
             c.close_all(registry, now);
+        }
+        if let Some(m) = &mut self.monitor {
+            // What is already asked is answered (`/healthz`: 503 stopping), then closed.
+            let control = self.control.as_ref().map(ControlServer::counters);
+            m.serve(&self.core, control, true, now);
+            m.close_all(registry);
         }
         if let Err(e) = self
             .mcast

@@ -12,11 +12,12 @@ use mcrelay::core::{valid_name, valid_token};
 use mcrelay::crypto::key::{self, ServerKey};
 use mcrelay::driver::logtap::LogTap;
 use mcrelay::proto::reassembly::Limits;
-use mcrelay::{Config, Distribution, GroupConfig, NetConfig, Relay};
+use mcrelay::{Config, Distribution, GroupConfig, MonitorSettings, NetConfig, Relay};
 use mio::{Events, Poll, Token};
 
 use crate::flags::{
-    Dur, Flags, Size, UsageError, config_error, control_token, log_level, parse_control,
+    Dur, Flags, OnOff, Size, UsageError, config_error, control_token, log_level, monitor_token,
+    parse_control,
 };
 use crate::logger::Logger;
 use crate::sys::{keep_stderr_writable, register_signals, sd_notify};
@@ -35,6 +36,11 @@ FLAGS (default; environment variable):
     --max-control N               simultaneous operators (8; MCRELAY_MAX_CONTROL)
     --control-auth-timeout DUR    with a token: time to authenticate after connecting (5s; MCRELAY_CONTROL_AUTH_TIMEOUT)
     --control-idle-timeout DUR    close operators silent this long, unless following the log; 0: never (5m; MCRELAY_CONTROL_IDLE_TIMEOUT)
+    --monitor ADDR:PORT|off       HTTP monitor: /metrics /healthz /stats /clients, e.g. 127.0.0.1:5009 (off; MCRELAY_MONITOR)
+    --monitor-token-file PATH     require `Authorization: Bearer <token>` with the token in PATH (none; MCRELAY_MONITOR_TOKEN_FILE)
+                                  or give the token itself in MCRELAY_MONITOR_TOKEN
+    --max-monitor N               simultaneous monitor connections (8; MCRELAY_MAX_MONITOR)
+    --metrics-per-client          per-client counters on /metrics, label client=\"<id>\" (off; MCRELAY_METRICS_PER_CLIENT=on)
     --key-file PATH               RSA key, PKCS#8 PEM; created (0600) if missing (ephemeral key; MCRELAY_KEY_FILE)
     --key-bits N                  size of a generated key, 2048..4096 (2048; MCRELAY_KEY_BITS)
     --client-timeout DUR          drop clients silent this long (30s; MCRELAY_CLIENT_TIMEOUT)
@@ -87,6 +93,9 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "max_control" => "--max-control",
         "control_auth_timeout" => "--control-auth-timeout",
         "control_idle_timeout" => "--control-idle-timeout",
+        "monitor" | "monitor.listen" => "--monitor",
+        "monitor.token" => "--monitor-token-file",
+        "monitor.max_conns" => "--max-monitor",
         "client_timeout" => "--client-timeout",
         "keepalive_interval" => "--keepalive",
         "max_clients" => "--max-clients",
@@ -129,6 +138,7 @@ fn net_flags(f: &mut Flags) -> Result<NetConfig, UsageError> {
     let env = "MCRELAY_CONTROL_IDLE_TIMEOUT";
     let idle = f.get("--control-idle-timeout", env, Dur(net.control_idle_timeout))?;
     net.control_idle_timeout = idle.0;
+    net.monitor = monitor_flags(f)?;
     Ok(net)
 }
 
@@ -169,6 +179,26 @@ fn distribution_flags(f: &mut Flags, net: &NetConfig) -> Result<Distribution, Us
             "--distribution: {other:?} is not unicast or group"
         ))),
     }
+}
+
+fn monitor_flags(f: &mut Flags) -> Result<Option<MonitorSettings>, UsageError> {
+    let mut m = MonitorSettings::default();
+    let listen: String = f.get("--monitor", "MCRELAY_MONITOR", "off".to_string())?;
+    let listen = parse_control(&listen)
+        .map_err(|_| UsageError(format!("--monitor: {listen:?} is not ADDR:PORT or off")))?;
+    m.token = monitor_token(f, "--monitor-token-file")?;
+    m.max_conns = f.get("--max-monitor", "MCRELAY_MAX_MONITOR", m.max_conns)?;
+    let env = "MCRELAY_METRICS_PER_CLIENT";
+    let from_env = match std::env::var(env) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.parse::<OnOff>()
+                .map_err(|e| UsageError(format!("${env}: invalid value {v:?}: {e}")))?
+                .0
+        }
+        _ => false,
+    };
+    m.per_client_metrics = f.switch("--metrics-per-client") || from_env;
+    Ok(listen.map(|listen| MonitorSettings { listen, ..m }))
 }
 
 fn reassembly_flags(f: &mut Flags) -> Result<Limits, UsageError> {
