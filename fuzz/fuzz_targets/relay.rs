@@ -588,6 +588,7 @@ fn config(s: &Setup) -> Config {
         token_ttl: Duration::from_secs(u64::from(s.token_ttl_s % 181)),
         max_clock_skew: Duration::from_secs(u64::from(s.skew_s % 91)),
         handshakes_per_sec: u32::from(s.hs_per_sec % 41),
+        handshake_cpu_percent: s.hs_per_sec % 101,
         handshakes_per_source_per_sec: u32::from(s.hs_per_src % 21),
         max_pending_registrations: usize::from(s.max_pending % 9),
         cookie_lifetime: Duration::from_secs(u64::from(s.cookie_lifetime_s % 61)),

@@ -91,8 +91,13 @@ pub struct ClientSession {
     last_sent: Instant,
     /// The last authenticated channel token from the relay.
     last_heard: Instant,
+    /// The last KEEPALIVE sent because nothing was heard (a client that only sends still
+    /// gets an answer in its channel now and then).
+    last_asked: Instant,
     /// A NO_SESSION is being checked until then.
     probe: Option<Instant>,
+    /// When the last probe started: one a second at most, whoever sends NO_SESSIONs.
+    last_probe: Option<Instant>,
     /// The next handshake retransmission.
     next_retry: Instant,
     /// A REJECT(5) back-off runs until then.
@@ -158,7 +163,9 @@ impl ClientSession {
             group: None,
             last_sent: now,
             last_heard: now,
+            last_asked: now,
             probe: None,
+            last_probe: None,
             next_retry: now,
             backoff_until: None,
             last_restart: None,
@@ -285,6 +292,11 @@ impl ClientSession {
             self.stats.bad += 1;
             return;
         };
+        if let Outer::NoSession = msg {
+            // From any address: a relay that restarted answers from a new one. It is only a
+            // hint (unauthenticated), so it costs at most one probe a second.
+            return self.on_no_session(now);
+        }
         if self.relay_addr.is_some_and(|a| a != from) {
             self.stats.foreign += 1;
             return;
@@ -301,11 +313,6 @@ impl ClientSession {
                 State::Hello | State::KeyRequest | State::Register,
                 Outer::Reject { code, reason },
             ) => self.on_reject(now, code, reason),
-            (State::Ready, Outer::NoSession) if self.probe.is_none() => {
-                // Unauthenticated: check before believing it.
-                self.probe = Some(now + PROBE.min(self.timeout / 2));
-                self.seal(now, &Body::Keepalive);
-            }
             // `token` borrows the caller's datagram, not us: no copy.
             (State::Register | State::Ready, Outer::Sealed { token }) => self.on_token(now, token),
             (
@@ -320,6 +327,18 @@ impl ClientSession {
             (State::Ready, Outer::Group { epoch, token }) => self.on_group(now, epoch, token),
             _ => {}
         }
+    }
+
+    /// NO_SESSION: check before believing it. A sealed KEEPALIVE goes to the relay; any
+    /// authenticated answer within [`PROBE`] clears the doubt, none ends the session.
+    fn on_no_session(&mut self, now: Instant) {
+        let recent = self.last_probe.is_some_and(|t| now < t + PROBE);
+        if self.state != State::Ready || self.probe.is_some() || recent {
+            return;
+        }
+        self.last_probe = Some(now);
+        self.probe = Some(now + PROBE.min(self.timeout / 2));
+        self.seal(now, &Body::Keepalive);
     }
 
     fn on_cookie(&mut self, now: Instant, version: u16, cookie: &[u8; COOKIE_LEN]) {
@@ -718,12 +737,20 @@ impl ClientSession {
         self.send_hello(now);
     }
 
+    /// A KEEPALIVE is due when nothing was sent for a keep-alive interval, or when nothing
+    /// was heard in our channel (and none was asked for) for one: a client that only sends,
+    /// or only reads the distribution group, still hears from the relay (protocol.md §7.1).
+    fn keepalive_due(&self) -> Instant {
+        let quiet = self.last_heard.max(self.last_asked);
+        self.last_sent.min(quiet) + self.keepalive
+    }
+
     /// When `handle_timeout` next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Closed => None,
             State::Ready => {
-                let mut t = (self.last_sent + self.keepalive).min(self.last_heard + self.timeout);
+                let mut t = self.keepalive_due().min(self.last_heard + self.timeout);
                 if let Some(p) = self.probe {
                     t = t.min(p);
                 }
@@ -749,7 +776,10 @@ impl ClientSession {
             State::Ready if now >= self.last_heard + self.timeout => {
                 self.lost(now, LostReason::Silence)
             }
-            State::Ready if now >= self.last_sent + self.keepalive => self.send_keepalive(now),
+            State::Ready if now >= self.keepalive_due() => {
+                self.last_asked = now;
+                self.send_keepalive(now)
+            }
             State::Hello | State::KeyRequest | State::Register if now >= self.next_retry => {
                 self.send_hello(now)
             }

@@ -249,13 +249,17 @@ impl Handshake {
             let (d, code) = (DropReason::BadRegistration, RejectCode::BadRegistration);
             return refuse(tel, d, code, why);
         }
-        if !cx.has_session && cx.full {
-            // Full: say so before spending an RSA decryption (the cookie validated the address).
+        // Full: say so before spending an RSA decryption (the cookie validated the address).
+        // With admission names, a full relay still decrypts (within the budget): the
+        // registrant may be a name whose older session it replaces (protocol.md §9); the
+        // same checks run again once the name is known.
+        let named = self.admission.is_some();
+        if !cx.has_session && cx.full && !named {
             tel.stats.handshakes_failed += 1;
             let (d, code) = (DropReason::RelayFull, RejectCode::RelayFull);
             return refuse(tel, d, code, "relay full");
         }
-        if !cx.has_session && cx.source_full {
+        if !cx.has_session && cx.source_full && !named {
             tel.stats.handshakes_failed += 1;
             let (d, code) = (DropReason::SourceFull, RejectCode::RelayFull);
             return refuse(tel, d, code, "too many sessions from this address");

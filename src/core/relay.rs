@@ -557,6 +557,13 @@ impl RelayCore {
 
     // ---------------------------------------------------------------- registrations
 
+    /// The host measured `d` of wall time for RSA decryptions (counter `rsa_microseconds`).
+    pub fn count_rsa_time(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let s = &mut self.tel.stats;
+        s.rsa_microseconds = s.rsa_microseconds.saturating_add(us);
+    }
+
     /// Run up to `max` queued RSA decryptions. Returns how many ran.
     pub fn process_registrations(&mut self, now: Instant, max: usize) -> usize {
         let mut n = 0;
@@ -812,6 +819,12 @@ impl RelayCore {
         if self.handshake.pending_len() > 0 {
             return Some(self.start); // registrations waiting: come back at once
         }
+        self.next_timer()
+    }
+
+    /// [`RelayCore::poll_timeout`] leaving out waiting registrations, for a host that
+    /// schedules the RSA work itself (the driver runs it within a share of its time).
+    pub fn next_timer(&self) -> Option<Instant> {
         match (self.timers.next_deadline(), self.dist.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
