@@ -10,8 +10,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,14 +45,12 @@ fn python_with_cryptography() {
     });
 }
 
-/// One relay key for the whole test binary: (key file, fingerprint hex).
-fn relay_key() -> &'static (PathBuf, String) {
-    static KEY: OnceLock<(PathBuf, String)> = OnceLock::new();
+/// One relay key for the whole test binary: (PKCS#8 PEM, fingerprint hex), made by
+/// `mcrelay keygen` (each relay gets a copy in a file of its own, removed once it started).
+fn relay_key() -> &'static (String, String) {
+    static KEY: OnceLock<(String, String)> = OnceLock::new();
     KEY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mcrelay-interop-v3-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("relay.pem");
+        let path = temp_path("keygen.pem");
         let out = Command::new(BIN)
             .args(["keygen", "--key-file", path.to_str().unwrap()])
             .output()
@@ -62,12 +62,24 @@ fn relay_key() -> &'static (PathBuf, String) {
             .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
             .unwrap_or_else(|| panic!("no fingerprint in keygen output {text:?}"))
             .to_string();
-        (path, fp)
+        let pem = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        (pem, fp)
     })
 }
 
 fn fingerprint() -> &'static str {
     &relay_key().1
+}
+
+/// A fresh path in the temporary directory, unique to this process and call.
+fn temp_path(what: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "mcrelay-interop-v3-{}-{n}-{what}",
+        std::process::id()
+    ))
 }
 
 fn free_tcp_port() -> u16 {
@@ -120,12 +132,20 @@ impl Relay {
     /// A relay on this group and port (a restart keeps both, and the key).
     fn start_on(group: Ipv4Addr, port: u16, args: Vec<String>) -> Relay {
         let control: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+        let key_file = temp_path("relay.pem");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .and_then(|mut f| f.write_all(relay_key().0.as_bytes()))
+            .expect("write the relay key");
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(["--group", &group.to_string(), "--port", &port.to_string()])
             .args(["--iface", "127.0.0.1", "--ttl", "0", "--log-level", "warn"])
             .args(["--control", &control.to_string()])
-            .args(["--key-file", relay_key().0.to_str().unwrap()])
+            .args(["--key-file", key_file.to_str().unwrap()])
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -145,6 +165,7 @@ impl Relay {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = std::fs::remove_file(&key_file);
         Relay {
             child,
             group,
@@ -492,9 +513,7 @@ fn vectors_computed_by_the_python_client_equal_protocol_md() {
 
 #[test]
 fn unicast_mode_python_v3_and_v2_clients_beside_the_reference_client() {
-    let dir = std::env::temp_dir().join(format!("mcrelay-v3-uni-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let clients = dir.join("clients");
+    let clients = temp_path("clients");
     std::fs::write(&clients, "alice pw-a\nbob pw-b\ndave pw-d\nref pw-r\n").unwrap();
     let mut args: Vec<&str> = TIMERS.to_vec();
     args.extend(["--clients-file", clients.to_str().unwrap()]);
@@ -588,6 +607,25 @@ fn unicast_mode_python_v3_and_v2_clients_beside_the_reference_client() {
     );
     assert_clean(&relay);
 
+    // A failing uplink: A still hears everything, the relay hears nothing from A and times it
+    // out. When A speaks again the relay answers NO_SESSION (from the reply address A knows);
+    // A checks it with a KEEPALIVE, gets no answer within 1 s, and registers again.
+    a.send("mute");
+    let gone = format!("leave {a_id} timeout");
+    let deadline = Instant::now() + WAIT;
+    while !r.seen.contains(&gone) {
+        assert!(Instant::now() < deadline, "the relay never timed A out");
+        d.send("send tick");
+        r.drain(Duration::from_millis(250));
+    }
+    d.expect_eq(&format!("leave {a_id} 2"));
+    a.send("unmute");
+    a.expect_eq("lost no-session");
+    let a_id = a.ready();
+    r.expect_eq(&format!("join {a_id}@alice"));
+    d.expect_eq(&format!("join {a_id} alice"));
+    assert!(relay.stats()["no_session_notices"] >= 1);
+
     // An operator restart: SHUTDOWN, then a new relay on the same group and port. The Python
     // clients register again (the reference client ends at SHUTDOWN).
     let (g, p, args) = relay.shutdown();
@@ -621,7 +659,7 @@ fn unicast_mode_python_v3_and_v2_clients_beside_the_reference_client() {
     assert!(a.wait_exit(Duration::from_secs(5)).success());
     d.expect_eq(&format!("leave {a_id2} 1"));
     drop(relay);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&clients);
 }
 
 #[test]
@@ -688,6 +726,8 @@ fn group_mode_python_clients_epochs_kick_rekey_and_restart() {
     r.expect_eq(&ref_msg(d_id, &big_text, None));
     let st = a.stats();
     assert!(st["group_open"].parse::<u64>().unwrap() > 50, "{st:?}");
+    // Nobody waits for a KEY_ACK: members do not acknowledge the epochs they ratchet to.
+    assert_eq!(relay.stats()["group_pending_acks"], 0);
 
     // A datagram on the distribution group from anyone but the relay is dropped unread.
     let forger = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
@@ -838,4 +878,23 @@ fn the_minimal_client_of_clients_md_works_and_is_the_file() {
     m.expect_eq("closed 1");
     assert!(m.wait_exit(Duration::from_secs(5)).success());
     r.expect_eq(&format!("leave {m_id} disconnect"));
+}
+
+#[test]
+fn relay_full_backs_off_then_gives_up_and_a_place_frees() {
+    let relay = Relay::start(&["--max-clients", "1"]);
+    let mut a = Proc::py(&relay, "A", &[]);
+    a.ready();
+    // REJECT(5): back off 1, 2, 4 s (a REJECT(5) during a back-off is ignored) until the
+    // 3.5 s deadline: three HELLOs at most, where the plain schedule would make four.
+    let mut x = Proc::py(&relay, "X", &["--timeout", "3.5"]);
+    x.expect_prefix("error handshake: no WELCOME");
+    assert_eq!(x.wait_exit(Duration::from_secs(3)).code(), Some(2));
+    let full = relay.stats()["drop.relay_full"];
+    assert!((2..=3).contains(&full), "drop.relay_full {full}");
+    a.send("quit");
+    a.expect_eq("closed 1");
+    let mut y = Proc::py(&relay, "Y", &[]);
+    y.ready();
+    y.expect_eq("members 0");
 }

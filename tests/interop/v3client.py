@@ -18,6 +18,7 @@ stdin, one command a line:
   keepalive          a KEEPALIVE now
   disconnect         DISCONNECT; prints `closed 1` when the relay acknowledges
   stats              prints one `stats k=v ...` line
+  mute / unmute      (a test hook) stop / resume sending anything: an uplink that fails
   abort              exit at once without telling the relay (a crash)
   quit               disconnect (when in session), then exit 0; stdin EOF does the same
 
@@ -355,6 +356,7 @@ class Client:
         self.state = "handshake"
         self.reply = None
         self.exit_code = None
+        self.muted = False
         self.begin_handshake(a.timeout, first_delay=0.0)
 
     # -- output -------------------------------------------------------------------------
@@ -373,6 +375,8 @@ class Client:
 
     def send_dgram(self, d: bytes) -> None:
         assert len(d) <= MAX_DATAGRAM, len(d)
+        if self.muted:
+            return self.log("muted: datagram not sent")
         try:
             self.u.sendto(d, self.group)
         except (BlockingIOError, OSError) as e:  # pragma: no cover - loopback never refuses
@@ -845,6 +849,9 @@ class Client:
         if cmd == "stats":
             return self.out("stats " + " ".join(f"{k}={v}" for k, v in self.stats.items())
                             + f" state={self.state} epoch={max(self.gkeys, default=0)}")
+        if cmd in ("mute", "unmute"):  # a test hook: an uplink that loses everything
+            self.muted = cmd == "mute"
+            return
         if cmd == "abort":
             self.exit_code = 0
             return
