@@ -19,6 +19,7 @@ stdin, one command a line:
   disconnect         DISCONNECT; prints `closed 1` when the relay acknowledges
   stats              prints one `stats k=v ...` line
   mute / unmute      (a test hook) stop / resume sending anything: an uplink that fails
+  ignore-keys <n>    (a test hook) lose the next n GROUP_KEY deliveries
   abort              exit at once without telling the relay (a crash)
   quit               disconnect (when in session), then exit 0; stdin EOF does the same
 
@@ -357,6 +358,7 @@ class Client:
         self.reply = None
         self.exit_code = None
         self.muted = False
+        self.ignore_keys = 0
         self.begin_handshake(a.timeout, first_delay=0.0)
 
     # -- output -------------------------------------------------------------------------
@@ -656,6 +658,9 @@ class Client:
             return
         if t0 == GROUP_KEY:
             epoch = struct.unpack_from(">I", v0)[0]
+            if self.ignore_keys > 0:  # the test hook: as if this delivery were lost
+                self.ignore_keys -= 1
+                return self.log(f"GROUP_KEY {epoch} ignored (test hook)")
             self.stats["key_acks"] += 1
             self.send_body(tlv(KEY_ACK, struct.pack(">I", epoch)))
             if self.dist and self.dist[0] == 2:
@@ -847,10 +852,15 @@ class Client:
     def command(self, line: str) -> None:
         cmd, _, arg = line.partition(" ")
         if cmd == "stats":
+            keys = ",".join(str(e) for e in sorted(self.gkeys)) or "-"
             return self.out("stats " + " ".join(f"{k}={v}" for k, v in self.stats.items())
-                            + f" state={self.state} epoch={max(self.gkeys, default=0)}")
+                            + f" state={self.state} epoch={max(self.gkeys, default=0)}"
+                            + f" keys={keys}")
         if cmd in ("mute", "unmute"):  # a test hook: an uplink that loses everything
             self.muted = cmd == "mute"
+            return
+        if cmd == "ignore-keys":  # a test hook: lose the next n GROUP_KEY deliveries
+            self.ignore_keys = int(arg)
             return
         if cmd == "abort":
             self.exit_code = 0
