@@ -521,7 +521,11 @@ fn vectors_computed_by_the_python_client_equal_protocol_md() {
 #[test]
 fn unicast_mode_python_v3_and_v2_clients_beside_the_reference_client() {
     let clients = temp_path("clients");
-    std::fs::write(&clients, "alice pw-a\nbob pw-b\ndave pw-d\nref pw-r\n").unwrap();
+    std::fs::write(
+        &clients,
+        "alice pw-a\nbob pw-b\ndave pw-d\nref pw-r\nerin pw-e\n",
+    )
+    .unwrap();
     let mut args: Vec<&str> = TIMERS.to_vec();
     args.extend(["--clients-file", clients.to_str().unwrap()]);
     let relay = Relay::start(&args);
@@ -564,6 +568,20 @@ fn unicast_mode_python_v3_and_v2_clients_beside_the_reference_client() {
         p.expect_eq(&format!("join {r_id} ref"));
     }
 
+    // A version-1 client (base64 text tokens) joins last.
+    let mut e = Proc::py(
+        &relay,
+        "E",
+        &["--name", "erin", "--token", "pw-e", "--max-version", "1"],
+    );
+    let e_id = e.ready();
+    let line = e.seen.last().unwrap();
+    assert!(line.contains(" 1 "), "E speaks version 1: {line}");
+    for p in [&mut a, &mut b, &mut d] {
+        p.expect_eq(&format!("join {e_id} erin"));
+    }
+    r.expect_eq(&format!("join {e_id}@erin"));
+
     // Short messages both ways, across versions.
     a.send("send hello from alice");
     let hello = b"hello from alice";
@@ -580,7 +598,7 @@ fn unicast_mode_python_v3_and_v2_clients_beside_the_reference_client() {
     }
     r.expect_eq(&ref_msg(d_id, "hello from a v2 client", Some("dave")));
 
-    // 60 KB both ways: sealed FRAG pieces (v3) and FRAGMENTs (v2) each way.
+    // 60 KB both ways: sealed FRAG pieces (v3) and binary FRAGMENTs (v2) each way.
     let big = pattern(60_000);
     let big_text = String::from_utf8(big.clone()).unwrap();
     a.send("sendfile 60000");
@@ -594,6 +612,15 @@ fn unicast_mode_python_v3_and_v2_clients_beside_the_reference_client() {
     d.send("sendfile 60000");
     a.expect_eq(&msg_line(d_id, &big, Some("dave")));
     r.expect_eq(&ref_msg(d_id, &big_text, Some("dave")));
+    // Version 1: the 60 KB message as base64 FRAGMENTs, both ways.
+    e.expect_eq(&msg_line(a_id, &big, Some("alice")));
+    e.send("sendfile 60000");
+    a.expect_eq(&msg_line(e_id, &big, Some("erin")));
+    r.expect_eq(&ref_msg(e_id, &big_text, Some("erin")));
+    e.send("quit");
+    e.expect_eq("closed 1");
+    assert!(e.wait_exit(Duration::from_secs(5)).success());
+    a.expect_eq(&format!("leave {e_id} 1"));
 
     // A kick: the kicked one is told CLOSED(3), the others LEAVE(id, 3).
     assert_eq!(
