@@ -22,9 +22,9 @@ def tlv(t, v=b""):
 def tlvs(b):
     out = []
     while b:
-        t, n = struct.unpack_from(">HH", b)
-        if len(b) < 4 + n:
+        if len(b) < 4 or len(b) < 4 + struct.unpack_from(">H", b, 2)[0]:
             raise ValueError("truncated TLV")
+        t, n = struct.unpack_from(">HH", b)
         out.append((t, b[4:4 + n]))
         b = b[4 + n:]
     return out
@@ -90,12 +90,15 @@ while welcome is None:
             cookie, reply = v[2:], src
             send(tlv(0x0003, cookie))                                    # KEY_REQUEST
         elif t == 0x0008 and (cookie is None or src == reply):           # REJECT
-            if struct.unpack_from(">H", v)[0] in (2, 3):
+            if v[:2] in (b"\x00\x02", b"\x00\x03"):
                 break           # the cookie failed: a new HELLO now (3.8)
         elif src != reply:      # the others wait for the next retry
             continue
         elif t == 0x0004 and cookie is not None:                         # PUBLIC_KEY
-            pub = serialization.load_pem_public_key(v)
+            try:
+                pub = serialization.load_pem_public_key(v)
+            except ValueError:
+                continue
             der = pub.public_bytes(serialization.Encoding.DER,
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
             fp = hashlib.sha256(der).hexdigest()
@@ -122,6 +125,33 @@ def show(body):                      # print one message or notice
         say(f"join {struct.unpack('>I', kinds[JOIN])[0]}{who}")
     elif LEAVE in kinds:
         say("leave %d %d" % struct.unpack(">IB", kinds[LEAVE]))
+
+
+def handle(body):                    # one authenticated plaintext, after SEQ
+    kind, value = body[0]
+    if kind == FRAG:                 # one piece of a larger body (6.2)
+        mid, index, count = struct.unpack_from(">IHH", value)
+        got = pieces.setdefault(mid, {})
+        got[index] = value[8:]
+        if len(got) < count:
+            return
+        body = tlvs(b"".join(got[i] for i in range(count)))
+        del pieces[mid]
+        kind, value = body[0]
+    if kind == MEMBERS:              # section 3.7: who was already there
+        i = 1
+        while i < len(value):
+            cid, n = struct.unpack_from(">IB", value, i)
+            say(f"present {cid}" + (f"@{value[i + 5:i + 5 + n].decode()}" if n else ""))
+            i += 5 + n
+    elif kind == CLOSED:
+        say(f"closed {value[0]}")
+        sys.exit(0)
+    elif kind == SHUTDOWN:
+        say("shutdown")
+        sys.exit(0)
+    elif kind in (SENDER, JOIN, LEAVE):
+        show(body)
 
 
 # Section 7: the session. Messages out, events in, keep-alives, disconnect at EOF.
@@ -162,27 +192,7 @@ while True:
     if not body:
         continue
     last_rx = now
-    kind, value = body[0]
-    if kind == FRAG:                 # one piece of a larger body (6.2)
-        mid, index, count = struct.unpack_from(">IHH", value)
-        got = pieces.setdefault(mid, {})
-        got[index] = value[8:]
-        if len(got) < count:
-            continue
-        body = tlvs(b"".join(got[i] for i in range(count)))
-        del pieces[mid]
-        kind, value = body[0]
-    if kind == MEMBERS:              # section 3.7: who was already there
-        i = 1
-        while i < len(value):
-            cid, n = struct.unpack_from(">IB", value, i)
-            say(f"present {cid}" + (f"@{value[i + 5:i + 5 + n].decode()}" if n else ""))
-            i += 5 + n
-    elif kind == CLOSED:
-        say(f"closed {value[0]}")
-        sys.exit(0)
-    elif kind == SHUTDOWN:
-        say("shutdown")
-        sys.exit(0)
-    elif kind in (SENDER, JOIN, LEAVE):
-        show(body)
+    try:
+        handle(body)
+    except (ValueError, KeyError, IndexError, struct.error):
+        pass                         # a malformed plaintext: drop it
