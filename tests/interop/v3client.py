@@ -9,7 +9,7 @@ base64-encodes them.
 Usage:
   v3client.py --group G --port P [--iface 127.0.0.1] [--ttl 0] [--pin HEX]
               [--name N --token T] [--max-version 3] [--timeout 10] [--reconnect-timeout 60]
-              [--doc-keepalive] [--verbose]
+              [--verbose]
   v3client.py --vectors        print the test vectors of protocol.md section 13, computed here
 
 stdin, one command a line:
@@ -417,6 +417,7 @@ class Client:
         self.grp_reasm = Reassembly(FRAG_CHUNK, FRAG_MAX_COUNT)
         self.last_pull = -1e9
         self.probe_until = None
+        self.last_probe = float("-inf")
         self.disc_until = None
 
     def jitter(self, d: float) -> float:
@@ -577,14 +578,15 @@ class Client:
             return self.on_cookie(v, src, now)
         if t == REJECT:
             return self.on_reject(v, src, now)
+        if t == NO_SESSION:
+            # 7.5: from any address (a restarted relay answers from a new one); a hint only.
+            if v:
+                return self.drop("NO_SESSION not empty")
+            return self.on_no_session(now, "NO_SESSION")
         if src != self.reply:
             return self.drop(f"type {t} from {src}, not the reply address {self.reply}")
         if t == PUBLIC_KEY and self.state == "handshake":
             return self.on_public_key(v, now)
-        if t == NO_SESSION:
-            if v:
-                return self.drop("NO_SESSION not empty")
-            return self.on_no_session(now, "NO_SESSION")
         if t == SEALED:
             return self.on_sealed_value(v, now)
         if t == FRAGMENT:
@@ -741,6 +743,9 @@ class Client:
             return self.log(f"{why} ignored in state {self.state} (version {self.version})")
         if self.probe_until is not None:
             return
+        if now - self.last_probe < PROBE_WAIT:
+            return  # at most one probe a second, however many notices arrive
+        self.last_probe = now
         self.stats["probes"] += 1
         self.probe_until = now + min(PROBE_WAIT, self.timeout_s / 2)
         self.log(f"{why}: probing with a KEEPALIVE")
@@ -912,9 +917,9 @@ class Client:
             if now - self.last_rx >= self.timeout_s:
                 return self.lose("silence")
             idle = now - self.last_tx >= self.keepalive
-            # Not in 7.1 (see docs/clients.md): a client that only sends data never sends a
-            # keep-alive, so nothing comes back in its channel, and its silence rule fires.
-            quiet = (not self.a.doc_keepalive and now - self.last_rx >= self.keepalive
+            # 7.1: also when nothing was heard in the channel (and none asked for) for one
+            # interval, so that a client that only sends still hears from the relay.
+            quiet = (now - self.last_rx >= self.keepalive
                      and now - self.last_ka >= self.keepalive)
             if idle or quiet:
                 self.send_keepalive()
@@ -1070,8 +1075,6 @@ def main() -> int:
     p.add_argument("--max-version", type=int, default=3, choices=SUPPORTED)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--reconnect-timeout", type=float, default=60.0)
-    p.add_argument("--doc-keepalive", action="store_true",
-                   help="send keep-alives by 7.1's idle timer only")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args()
     if a.vectors:
