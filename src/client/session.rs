@@ -1,7 +1,7 @@
 //! The client protocol engine, sans-IO: the caller moves datagrams and passes the time
 //! (docs/clients.md has the state machine and its timers).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +94,9 @@ pub struct ClientSession {
     /// The last KEEPALIVE sent because nothing was heard (a client that only sends still
     /// gets an answer in its channel now and then).
     last_asked: Instant,
+    /// The other members this session knows of (MEMBERS, JOIN, LEAVE): a member list
+    /// repeated with a repeated WELCOME presents nobody twice.
+    roster: HashSet<u32>,
     /// A NO_SESSION is being checked until then.
     probe: Option<Instant>,
     /// When the last probe started: one a second at most, whoever sends NO_SESSIONs.
@@ -184,6 +187,7 @@ impl ClientSession {
             plain: Vec::new(),
             scratch: Vec::new(),
             token: Vec::new(),
+            roster: HashSet::new(),
         };
         s.send_hello(now);
         s
@@ -196,6 +200,7 @@ impl ClientSession {
     /// Start (again) from HELLO; the relay's address is learnt anew.
     fn send_hello(&mut self, now: Instant) {
         self.state = State::Hello;
+        self.roster.clear();
         self.relay_addr = None;
         self.cookie = None;
         let mut d = Vec::with_capacity(64);
@@ -500,6 +505,9 @@ impl ClientSession {
             }
             Body::Members { entries, .. } if self.state == State::Ready => {
                 for m in wire::members(entries).flatten() {
+                    if !self.roster.insert(m.id) {
+                        continue;
+                    }
                     self.events.push_back(Event::Present {
                         id: m.id,
                         name: m.name.map(text),
@@ -563,8 +571,14 @@ impl ClientSession {
                 name: name(n),
                 data: data.to_vec(),
             },
-            Body::Join { id, name: n } => Event::Join { id, name: name(n) },
-            Body::Leave { id, reason } => Event::Leave { id, reason },
+            Body::Join { id, name: n } => {
+                self.roster.insert(id);
+                Event::Join { id, name: name(n) }
+            }
+            Body::Leave { id, reason } => {
+                self.roster.remove(&id);
+                Event::Leave { id, reason }
+            }
             Body::Closed { reason } => {
                 self.state = State::Closed;
                 Event::Closed { reason }
