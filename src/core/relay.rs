@@ -612,24 +612,26 @@ impl RelayCore {
             info!("client {name} registered again from {from}: its older session ends");
             self.remove_session(now, old, LeaveReason::Replaced, true);
         }
-        if self.sessions.count_from(&from) >= self.cfg.max_clients_per_source {
+        let full = if self.sessions.count_from(&from) >= self.cfg.max_clients_per_source {
+            Some((
+                DropReason::SourceFull,
+                "too many sessions from this address",
+            ))
+        } else if self.sessions.len() >= self.cfg.max_clients {
+            Some((DropReason::RelayFull, "relay full"))
+        } else {
+            None
+        };
+        if let Some((d, why)) = full {
             self.tel.stats.handshakes_failed += 1;
-            self.tel.dropped(now, from, DropReason::SourceFull);
-            let (out, stats) = (&mut self.out, &mut self.tel.stats);
-            let why = "too many sessions from this address";
-            let len = reg.request_len();
-            return reject(out, stats, from, RejectCode::RelayFull, why, len);
-        }
-        if self.sessions.len() >= self.cfg.max_clients {
-            self.tel.stats.handshakes_failed += 1;
-            self.tel.dropped(now, from, DropReason::RelayFull);
+            self.tel.dropped(now, from, d);
             let (out, stats) = (&mut self.out, &mut self.tel.stats);
             return reject(
                 out,
                 stats,
                 from,
                 RejectCode::RelayFull,
-                "relay full",
+                why,
                 reg.request_len(),
             );
         }
@@ -655,6 +657,11 @@ impl RelayCore {
         self.hist.registered(now, reg.arrived); // monitoring hook
         self.send_welcome(now, slot);
         self.send_members(now, slot);
+        self.announce_join(now, slot, id, name);
+    }
+
+    /// Tell the others, the strategy and the host that the session in `slot` joined.
+    fn announce_join(&mut self, now: Instant, slot: usize, id: u32, name: Option<String>) {
         let join = Body::Join {
             id,
             name: name.as_deref().map(str::as_bytes),
@@ -662,11 +669,10 @@ impl RelayCore {
         let (dist, mut cx) = self.split(now);
         dist.announce(&mut cx, Some(slot), &join);
         dist.joined(&mut cx, slot, false);
-        self.events.push(RelayEvent::Joined {
-            id,
-            addr: from,
-            name,
-        });
+        let Some(addr) = self.sessions.get(slot).map(|s| s.addr) else {
+            return;
+        };
+        self.events.push(RelayEvent::Joined { id, addr, name });
     }
 
     fn send_welcome(&mut self, now: Instant, slot: usize) {
