@@ -510,9 +510,10 @@ fn vectors_computed_by_the_python_client_equal_protocol_md() {
         "key_ack.datagram_v3 ",
         "key_pull.datagram_v3 ",
         "relayed_copy.datagram_v3 ",
-        "frag_last.datagram_v3 ",
+        "frag_piece.datagram_v3 ",
         "group_hi.datagram ",
         "group_key_2 ",
+        "group_key_3 ",
     ] {
         assert!(ours.iter().any(|l| l.starts_with(name)), "{name}missing");
     }

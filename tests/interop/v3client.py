@@ -1007,7 +1007,7 @@ def vectors() -> list:
            ("cookie", tlv(COOKIE, struct.pack(">H", 1) + cookie1).hex()),
            ("key_request", tlv(KEY_REQUEST, cookie1).hex()),
            ("reject", tlv(REJECT, struct.pack(">H", 2) + b"bad cookie").hex()),
-           ("fragment_last", tlv(FRAGMENT, struct.pack(">IHH", 9, 1, 2) + b"xyz").hex())]
+           ("fragment_datagram", tlv(FRAGMENT, struct.pack(">IHH", 9, 1, 2) + b"xyz").hex())]
     welcome = tlv(WELCOME, struct.pack(">III", 1, 10000, 30000))
     v1 = [
         ("data_hello", seq(1) + tlv(DATA, b"hello")),
@@ -1044,7 +1044,7 @@ def vectors() -> list:
         ("key_pull", seq(3) + tlv(KEY_PULL, u32(2))),
         ("relayed_copy", seq(4) + tlv(GSEQ, struct.pack(">Q", 17)) + tlv(SENDER, u32(3))
          + tlv(DATA, b"hi")),
-        ("frag_last", seq(5) + tlv(FRAG, struct.pack(">IHH", 0x01020304, 1, 2) + b"xyz")),
+        ("frag_piece", seq(5) + tlv(FRAG, struct.pack(">IHH", 0x01020304, 1, 2) + b"xyz")),
     ]
     for name, pt in v3:
         out += [(f"{name}.plaintext", pt.hex()),
@@ -1052,7 +1052,8 @@ def vectors() -> list:
     ghi = seq(17) + tlv(SENDER, u32(3)) + tlv(DATA, b"hi")
     out += [("group_hi.plaintext", ghi.hex()),
             ("group_hi.datagram", tlv(GROUP, u32(1) + fernet_encrypt(gk1, ghi, iv, ts)).hex()),
-            ("group_key_1", gk1.hex()), ("group_key_2", ratchet(gk1, 2).hex())]
+            ("group_key_1", gk1.hex()), ("group_key_2", ratchet(gk1, 2).hex()),
+            ("group_key_3", ratchet(ratchet(gk1, 2), 3).hex())]
     # Our Fernet codec against the library's own (which can take an IV and a time).
     from cryptography.fernet import Fernet
     f = Fernet(base64.urlsafe_b64encode(key))
