@@ -38,6 +38,8 @@ pub const MAX_RETRY: Duration = Duration::from_secs(8);
 pub const FATAL_REJECTS: u32 = 3;
 /// How long a NO_SESSION's claim is checked (a keep-alive probe) before it is believed.
 pub const PROBE: Duration = Duration::from_secs(1);
+/// The first REJECT(5) back-off; each next one doubles, up to [`MAX_RETRY`].
+pub const BACKOFF: Duration = Duration::from_secs(1);
 /// A restart from HELLO on a cookie REJECT (2, 3) at most this often.
 const MIN_RESTART: Duration = Duration::from_millis(250);
 
@@ -67,6 +69,8 @@ pub struct ClientStats {
     pub reconnects: u64,
     /// REJECTs ignored (not from the relay, or a back-off already running).
     pub rejects_ignored: u64,
+    /// PUBLIC_KEYs that did not match the pinned fingerprint (each ended an attempt).
+    pub bad_keys: u64,
 }
 
 /// The client protocol engine. No sockets; the caller moves datagrams.
@@ -105,6 +109,8 @@ pub struct ClientSession {
     next_retry: Instant,
     /// A REJECT(5) back-off runs until then.
     backoff_until: Option<Instant>,
+    /// The next REJECT(5) back-off: 1, 2, 4, 8, 8 s ... within one registration.
+    backoff: Duration,
     last_restart: Option<Instant>,
     fatal_rejects: u32,
     start: Instant,
@@ -122,6 +128,8 @@ pub struct ClientSession {
     registered: bool,
     /// The last REJECT seen during the handshake.
     last_reject: Option<(u16, String)>,
+    /// The last PUBLIC_KEY that did not match the pin: (expected, got) fingerprints in hex.
+    key_mismatch: Option<(String, String)>,
     stats: ClientStats,
     plain: Vec<u8>,
     scratch: Vec<u8>,
@@ -171,6 +179,7 @@ impl ClientSession {
             last_probe: None,
             next_retry: now,
             backoff_until: None,
+            backoff: BACKOFF,
             last_restart: None,
             fatal_rejects: 0,
             start: now,
@@ -183,6 +192,7 @@ impl ClientSession {
             reconnect: true,
             registered: false,
             last_reject: None,
+            key_mismatch: None,
             stats: ClientStats::default(),
             plain: Vec::new(),
             scratch: Vec::new(),
@@ -246,6 +256,17 @@ impl ClientSession {
     pub fn last_reject(&self) -> Option<&(u16, String)> {
         self.last_reject.as_ref()
     }
+    /// The last relay key that did not match the pinned fingerprint, as the error the
+    /// handshake's deadline reports ([`ClientError::FingerprintMismatch`]).
+    pub fn key_mismatch(&self) -> Option<ClientError> {
+        self.key_mismatch
+            .as_ref()
+            .map(|(expected, got)| ClientError::FingerprintMismatch {
+                expected: expected.clone(),
+                got: got.clone(),
+            })
+    }
+
     /// Has the session ended (or failed)?
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -308,7 +329,8 @@ impl ClientSession {
         }
         match (self.state, msg) {
             (State::Hello, Outer::Cookie { version, cookie })
-                if (wire::VERSION_MIN..=self.max_version).contains(&version) =>
+                if (wire::VERSION_MIN..=self.max_version).contains(&version)
+                    && !self.backing_off(now) =>
             {
                 self.relay_addr = Some(from);
                 self.on_cookie(now, version, cookie);
@@ -366,10 +388,15 @@ impl ClientSession {
                 if let Some(pin) = self.pin
                     && pin != fp
                 {
-                    return self.fail(ClientError::FingerprintMismatch {
-                        expected: hex(&pin),
-                        got: hex(&fp),
-                    });
+                    // Unauthenticated too: an injector on the path may have answered first.
+                    // This attempt ends (the next HELLO learns the relay's address anew);
+                    // the deadline reports the mismatch if nothing better came.
+                    self.stats.bad_keys += 1;
+                    self.key_mismatch = Some((hex(&pin), hex(&fp)));
+                    self.state = State::Hello;
+                    self.relay_addr = None;
+                    self.cookie = None;
+                    return;
                 }
                 self.relay_key = Some((public, fp));
                 self.send_register(now);
@@ -384,7 +411,8 @@ impl ClientSession {
         self.last_reject = Some((code, text(reason)));
         match RejectCode::from_u16(code) {
             Some(RejectCode::BadCookie | RejectCode::CookieReused) => {
-                if self.last_restart.is_some_and(|t| now < t + MIN_RESTART) {
+                let recent = self.last_restart.is_some_and(|t| now < t + MIN_RESTART);
+                if recent || self.backing_off(now) {
                     self.stats.rejects_ignored += 1;
                     return;
                 }
@@ -392,16 +420,16 @@ impl ClientSession {
                 self.send_hello(now);
             }
             Some(RejectCode::RelayFull) => {
-                if self.backoff_until.is_some_and(|t| now < t) {
+                if self.backing_off(now) {
                     self.stats.rejects_ignored += 1;
                     return; // a back-off is running: a REJECT does not restart it
                 }
-                // Retry later, backing off: 1 s, 2 s, 4 s, 8 s, 8 s, ...
-                self.retry = self.retry.clamp(Duration::from_secs(1), MAX_RETRY);
+                // Retry later, backing off: 1 s, 2 s, 4 s, 8 s, 8 s, ... (its own steps: the
+                // HELLO schedule resumes after it).
                 self.state = State::Hello;
-                self.next_retry = now + self.retry;
+                self.next_retry = now + self.backoff;
                 self.backoff_until = Some(self.next_retry);
-                self.retry = (self.retry * 2).min(MAX_RETRY);
+                self.backoff = (self.backoff * 2).min(MAX_RETRY);
             }
             _ => {
                 self.fatal_rejects += 1;
@@ -417,6 +445,11 @@ impl ClientSession {
                 self.state = State::Hello; // keep trying, on the retry schedule
             }
         }
+    }
+
+    /// Is a REJECT(5) back-off running? Then no REJECT or late COOKIE starts an attempt.
+    fn backing_off(&self, now: Instant) -> bool {
+        self.backoff_until.is_some_and(|t| now < t)
     }
 
     fn send_register(&mut self, now: Instant) {
@@ -562,6 +595,9 @@ impl ClientSession {
             Body::Message { sender, .. } | Body::Join { id: sender, .. } if sender == self.id => {
                 return; // our own, back from the group
             }
+            // Our own LEAVE can only come on the group (in the channel we get CLOSED): the
+            // relay thinks we are gone. A hint, as NO_SESSION (protocol.md §12.1).
+            Body::Leave { id, .. } if id == self.id => return self.on_no_session(now),
             Body::Message {
                 sender,
                 name: n,
@@ -581,10 +617,12 @@ impl ClientSession {
             }
             Body::Closed { reason } => {
                 self.state = State::Closed;
+                self.group = None; // its keys are erased (protocol.md §12.1)
                 Event::Closed { reason }
             }
             Body::Shutdown => {
                 self.state = State::Closed;
+                self.group = None;
                 Event::Shutdown
             }
             _ => return,
@@ -603,6 +641,7 @@ impl ClientSession {
         self.state = State::Ready;
         self.retry = RETRY;
         self.backoff_until = None;
+        self.backoff = BACKOFF;
         self.fatal_rejects = 0;
         self.last_heard = now;
         if !first {
@@ -748,6 +787,8 @@ impl ClientSession {
         let key = FernetKey::generate(&mut self.rng);
         self.channel = Channel::new(wire::VERSION_MIN, key, &mut self.rng);
         self.retry = RETRY;
+        self.backoff = BACKOFF;
+        self.backoff_until = None;
         self.send_hello(now);
     }
 
@@ -801,3 +842,6 @@ impl ClientSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
