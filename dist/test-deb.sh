@@ -46,12 +46,13 @@ man -w mcrelay >/dev/null 2>&1 || [ -f /usr/share/man/man1/mcrelay.1.gz ] || fai
 echo "test-deb: installed and checked"
 
 # The relay runs as the packaged user with the packaged settings (no systemd needed here):
-# it creates its key 0600 where the unit says, answers `ctl ping`, and stops on SIGTERM.
+# it creates its key 0600 where the unit says, answers `ctl ping` and the HTTP monitor's
+# /healthz, and stops on SIGTERM.
 state=$(mktemp -d)
 chown mcrelay:mcrelay "$state"
 port=$((20000 + RANDOM % 20000))
 env -i PATH=/usr/bin:/bin MCRELAY_KEY_FILE="$state/relay_key.pem" MCRELAY_PORT="$port" \
-    MCRELAY_CONTROL="127.0.0.1:$((port + 1))" setpriv --reuid=mcrelay --regid=mcrelay --clear-groups \
+    MCRELAY_CONTROL="127.0.0.1:$((port + 1))" MCRELAY_MONITOR="127.0.0.1:$((port + 2))" setpriv --reuid=mcrelay --regid=mcrelay --clear-groups \
     /usr/bin/mcrelay serve 2>"$state/log" &
 pid=$!
 for _ in $(seq 50); do
@@ -60,10 +61,13 @@ for _ in $(seq 50); do
 done
 /usr/bin/mcrelay ctl --control "127.0.0.1:$((port + 1))" ping >/dev/null || fail "relay did not answer: $(cat "$state/log")"
 [ "$(stat -c '%a %U' "$state/relay_key.pem")" = "600 mcrelay" ] || fail "key file not 0600 mcrelay"
+health=$(exec 3<>"/dev/tcp/127.0.0.1/$((port + 2))" && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && cat <&3) ||
+    fail "monitor did not answer"
+grep -q '"status":"ok"' <<<"$health" || fail "monitor /healthz: $health"
 kill -TERM "$pid"
 wait "$pid" || fail "relay exited non-zero on SIGTERM"
 rm -rf "$state"
-echo "test-deb: ran as mcrelay, key 0600, clean stop"
+echo "test-deb: ran as mcrelay, key 0600, monitor answered, clean stop"
 
 dpkg -r mcrelay || fail "dpkg -r"
 [ ! -e /usr/bin/mcrelay ] || fail "/usr/bin/mcrelay left after remove"

@@ -26,7 +26,8 @@
 //! allocator tagging that thread), and generator CPU so that a generator-bound row is
 //! visible. `--rss BIN` reports the children's VmRSS/VmHWM idle, with N clients, and after
 //! load; `--leave-rekey R` times group mode's rekey after a member leaves; `--core-only M`
-//! drives the core without sockets, for a profiler (`core_only.rs`).
+//! drives the core without sockets, for a profiler (`core_only.rs`); `--scrape-ms MS` runs
+//! the relay without and with its HTTP monitor scraped every MS ms (`scrape.rs`).
 //!
 //! Loopback only. Exit status 0 unless something broke.
 
@@ -51,6 +52,8 @@ mod os;
 mod perf;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scrape.rs"]
+mod scrape;
 #[path = "bench/server.rs"]
 mod server;
 
@@ -120,6 +123,7 @@ pub struct Opts {
     pub core_only: Option<u32>,
     pub core_timers: bool,
     pub perf: Option<u32>,
+    pub scrape_ms: Option<u64>,
 }
 
 const USAGE: &str = "\
@@ -158,6 +162,9 @@ cargo run --release --features internals --example bench -- [FLAGS]
                      system and NET_RX softirq (in any context) from the call chains: exact
                      where the kernel's tick-sampled split is not (see bench/perf.rs)
   --json             one JSON object on stdout instead of the table
+  --scrape-ms MS     instead of baseline vs relay: the relay without and with its HTTP monitor
+                     on, a thread doing GET /metrics every MS ms on a kept-alive connection
+                     (as Prometheus does) for the whole run; reports both and their ratio
   --core-only M      no sockets: drive RelayCore directly (sans-IO) with --clients clients and
                      M messages from client 0, for a profiler, e.g.
                      valgrind --tool=callgrind --toggle-collect='*relay_messages*' ...
@@ -230,6 +237,7 @@ fn parse() -> Result<Opts, String> {
         core_only: a.opt_value_from_str("--core-only").map_err(e)?,
         core_timers: a.contains("--core-timers"),
         perf: a.opt_value_from_str("--perf").map_err(e)?,
+        scrape_ms: a.opt_value_from_str("--scrape-ms").map_err(e)?,
         systems,
     };
     let rest = a.finish();
@@ -246,6 +254,21 @@ fn parse() -> Result<Opts, String> {
         return Err(format!(
             "--size must be {BODY_MIN}..=1000 (one datagram either way)"
         ));
+    }
+    if o.scrape_ms.is_some()
+        && (o.rss.is_some()
+            || o.server.is_some()
+            || o.leave_rekey.is_some()
+            || o.systems != [Sys::Baseline, Sys::Relay])
+    {
+        return Err(
+            "--scrape-ms compares the in-process relay with itself: no --rss, --server, \
+             --leave-rekey, --systems, --distribution, --*-only"
+                .into(),
+        );
+    }
+    if o.scrape_ms == Some(0) {
+        return Err("--scrape-ms must be positive".into());
     }
     if o.rate <= 0.0 || o.duration <= 0.0 || o.trial_secs <= 0.0 || o.runs == 0 {
         return Err("--rate, --duration, --trial-secs, --runs must be positive".into());
@@ -308,44 +331,61 @@ fn main() {
     key.save_new(&key_file).expect("save key");
     let pem = std::fs::read_to_string(&key_file).unwrap();
     let fp = *key.fingerprint();
+    if o.scrape_ms.is_some() {
+        scrape::format_cost(&pem, o.clients, o.max_clients);
+    }
 
-    let mut results: Vec<(Sys, Vec<Figures>)> =
-        o.systems.iter().map(|&s| (s, Vec::new())).collect();
+    // What is compared: the systems, or (--scrape-ms) the relay without and with scrapes.
+    let variants: Vec<(&'static str, Sys, Option<u64>)> = match o.scrape_ms {
+        Some(ms) => vec![
+            ("relay", Sys::Relay, None),
+            ("scraped", Sys::Relay, Some(ms)),
+        ],
+        None => o.systems.iter().map(|&s| (s.name(), s, None)).collect(),
+    };
+    let mut results: Vec<(&'static str, Vec<Figures>)> =
+        variants.iter().map(|v| (v.0, Vec::new())).collect();
     let mut n = 0u8;
     for run in 0..o.runs {
-        for (sys, figs) in results.iter_mut() {
+        // With --scrape-ms, every other run measures the scraped relay first: whatever drifts
+        // during a run pair hits both orders alike.
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if o.scrape_ms.is_some() && run % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (label, figs) = &mut results[i];
+            let (_, sys, scrape) = variants[i];
             n = n.wrapping_add(1);
-            eprintln!("bench: run {}/{} {}", run + 1, o.runs, sys.name());
+            eprintln!("bench: run {}/{} {label}", run + 1, o.runs);
             let child = o.rss.as_ref().or(o.server.as_ref());
             let s = match child {
-                Some(bin) => Server::start_child(
-                    *sys,
-                    bin,
-                    &key_file,
-                    fp,
-                    o.clients,
-                    o.max_clients,
-                    n,
-                    false,
-                ),
-                None => Server::start_thread(*sys, &pem, o.clients, o.max_clients, n),
+                Some(bin) => {
+                    Server::start_child(sys, bin, &key_file, fp, o.clients, o.max_clients, n, false)
+                }
+                None => Server::start_thread(sys, &pem, o.clients, o.max_clients, n, scrape),
             };
-            let f = if let Some(r) = o.leave_rekey {
-                measure::measure_leave_rekey(&o, *sys, &s, r)
+            let mut f = if let Some(r) = o.leave_rekey {
+                measure::measure_leave_rekey(&o, sys, &s, r)
             } else if o.rss.is_some() {
-                measure::measure_rss(&o, *sys, &s)
+                measure::measure_rss(&o, sys, &s)
             } else {
-                measure::measure(&o, *sys, &s)
+                measure::measure(&o, sys, &s)
             };
-            s.stop();
+            let scraped = s.stop();
+            if let Some(ms) = scrape {
+                let n = scraped.first().map_or(0.0, |x| x.1);
+                eprintln!("  scraper: {n} scrapes of /metrics every {ms} ms: {scraped:?}");
+            }
+            f.extend(scraped);
             figs.push(f);
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let med: Vec<(Sys, Figures)> = results
+    let med: Vec<(&'static str, Figures)> = results
         .iter()
-        .map(|(s, r)| (*s, report::medians(r)))
+        .map(|(l, r)| (*l, report::medians(r)))
         .collect();
     report::print(&o, &med);
 }

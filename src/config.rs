@@ -26,6 +26,9 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Registered clients at once.
     pub max_clients: usize,
+    /// Registered clients at once from one source address (IPv6: one /64): sybil sessions
+    /// from a few addresses cannot fill the relay.
+    pub max_clients_per_source: usize,
     /// Reassembly caps and timeout.
     pub reassembly: Limits,
     /// Fernet TTL for client tokens.
@@ -34,6 +37,9 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// RSA decryptions per second, all sources together.
     pub handshakes_per_sec: u32,
+    /// The most of the loop's wall time RSA decryptions may take, in percent (1..=100); the
+    /// driver runs at most one per loop turn, after the group socket is drained.
+    pub handshake_cpu_percent: u8,
     /// RSA decryptions per second from one IP address (IPv6: one /64).
     pub handshakes_per_source_per_sec: u32,
     /// Validated REGISTERs waiting for their RSA decryption.
@@ -99,10 +105,12 @@ impl Default for Config {
             client_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             max_clients: 1024,
+            max_clients_per_source: 64,
             reassembly: Limits::default(),
             token_ttl: Duration::from_secs(120),
             max_clock_skew: Duration::from_secs(60),
             handshakes_per_sec: 200,
+            handshake_cpu_percent: 25,
             handshakes_per_source_per_sec: 10,
             max_pending_registrations: 64,
             cookie_lifetime: Duration::from_secs(30),
@@ -232,6 +240,12 @@ impl Config {
         if self.max_clients == 0 {
             return Err(ConfigError::new("max_clients", "must be at least 1"));
         }
+        if self.max_clients_per_source == 0 {
+            return Err(ConfigError::new(
+                "max_clients_per_source",
+                "must be at least 1",
+            ));
+        }
         let r = &self.reassembly;
         if r.per_owner_messages == 0 {
             return Err(ConfigError::new(
@@ -241,6 +255,12 @@ impl Config {
         }
         if self.handshakes_per_sec == 0 {
             return Err(ConfigError::new("handshakes_per_sec", "must be at least 1"));
+        }
+        if !(1..=100).contains(&self.handshake_cpu_percent) {
+            return Err(ConfigError::new(
+                "handshake_cpu_percent",
+                "must be 1 to 100",
+            ));
         }
         if self.handshakes_per_source_per_sec == 0 {
             return Err(ConfigError::new(
@@ -340,7 +360,57 @@ pub struct NetConfig {
     pub control_token: Option<String>,
     /// Multicast TTL of what the relay sends to a group (group mode); 0 never leaves the host.
     pub ttl: u32,
+    /// With a token: a control connection that has not authenticated this long after
+    /// connecting is closed.
+    pub control_auth_timeout: Duration,
+    /// A control connection that sent no command this long (and does not stream the log) is
+    /// closed; zero: never.
+    pub control_idle_timeout: Duration,
+    /// The HTTP monitor (docs/monitoring.md); `None` (the default) disables it.
+    pub monitor: Option<MonitorSettings>,
 }
+
+/// Most connections the HTTP monitor serves at once.
+pub const MAX_MONITOR_LIMIT: usize = 1024;
+
+/// The HTTP monitor's settings: `/metrics`, `/healthz`, `/stats`, `/clients`
+/// (docs/monitoring.md). The finer limits (deadlines, head sizes, output cap) are those of
+/// [`MonitorConfig::default`](crate::monitor::MonitorConfig).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorSettings {
+    /// Listen address. A non-loopback address requires `token`.
+    pub listen: SocketAddr,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Connections at once (1..=1024); one more is answered 503 and closed.
+    pub max_conns: usize,
+    /// Per-client counters on `/metrics` (label `client="<id>"`): one series per client and
+    /// counter, so off by default.
+    pub per_client_metrics: bool,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        MonitorSettings {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5009)),
+            token: None,
+            max_conns: 8,
+            per_client_metrics: false,
+        }
+    }
+}
+
+/// Is `t` a valid monitor bearer token: 1-100 bytes of token68 characters (RFC 9110,
+/// `A-Z a-z 0-9 - . _ ~ + / =`)?
+pub fn valid_bearer_token(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_ADMISSION_TOKEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+}
+
+/// Longest `control_auth_timeout`.
+const MAX_CONTROL_AUTH_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -352,6 +422,9 @@ impl Default for NetConfig {
             max_control: 8,
             control_token: None,
             ttl: 1,
+            control_auth_timeout: Duration::from_secs(5),
+            control_idle_timeout: Duration::from_secs(300),
+            monitor: None,
         }
     }
 }
@@ -389,6 +462,22 @@ impl NetConfig {
                 format!("must be 1..={MAX_CONTROL_LIMIT}"),
             ));
         }
+        if self.control_auth_timeout.is_zero()
+            || self.control_auth_timeout > MAX_CONTROL_AUTH_TIMEOUT
+        {
+            return Err(ConfigError::new(
+                "control_auth_timeout",
+                "must be between 1ms and 10 minutes",
+            ));
+        }
+        if !self.control_idle_timeout.is_zero()
+            && self.control_idle_timeout < Duration::from_secs(1)
+        {
+            return Err(ConfigError::new(
+                "control_idle_timeout",
+                "must be 0 (never) or at least 1s",
+            ));
+        }
         if let Some(t) = &self.control_token
             && !valid_token(t)
         {
@@ -407,6 +496,43 @@ impl NetConfig {
                     "refusing to open the control port on non-loopback {addr} without a token \
                      (set --control-token-file or MCRELAY_CONTROL_TOKEN, or bind to 127.0.0.1)"
                 ),
+            ));
+        }
+        match &self.monitor {
+            Some(m) => self.validate_monitor(m),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_monitor(&self, m: &MonitorSettings) -> Result<(), ConfigError> {
+        if m.max_conns == 0 || m.max_conns > MAX_MONITOR_LIMIT {
+            return Err(ConfigError::new(
+                "monitor.max_conns",
+                format!("must be 1..={MAX_MONITOR_LIMIT}"),
+            ));
+        }
+        if let Some(t) = &m.token
+            && !valid_bearer_token(t)
+        {
+            return Err(ConfigError::new(
+                "monitor.token",
+                "must be 1-100 bytes of A-Z a-z 0-9 - . _ ~ + / = (a bearer token)",
+            ));
+        }
+        if !m.listen.ip().is_loopback() && m.token.is_none() {
+            return Err(ConfigError::new(
+                "monitor.listen",
+                format!(
+                    "refusing to serve the monitor on non-loopback {} without a token \
+                     (set --monitor-token-file or MCRELAY_MONITOR_TOKEN, or bind to 127.0.0.1)",
+                    m.listen
+                ),
+            ));
+        }
+        if m.listen.port() != 0 && self.control == Some(m.listen) {
+            return Err(ConfigError::new(
+                "monitor.listen",
+                format!("{} is the control port's address too", m.listen),
             ));
         }
         Ok(())
@@ -562,6 +688,23 @@ mod tests {
             }),
             "max_control"
         );
+        for bad in [Duration::ZERO, Duration::from_secs(601)] {
+            let n = NetConfig {
+                control_auth_timeout: bad,
+                ..d()
+            };
+            assert_eq!(field(n), "control_auth_timeout");
+        }
+        let n = NetConfig {
+            control_idle_timeout: Duration::from_millis(500),
+            ..d()
+        };
+        assert_eq!(field(n), "control_idle_timeout");
+        let never = NetConfig {
+            control_idle_timeout: Duration::ZERO,
+            ..d()
+        };
+        assert_eq!(never.validate(), Ok(()));
         let open = NetConfig {
             control: Some("0.0.0.0:5008".parse().unwrap()),
             ..d()
@@ -609,6 +752,68 @@ mod tests {
             NetConfig { ttl: 256, ..net }.validate().unwrap_err().field,
             "ttl"
         );
+    }
+
+    #[test]
+    fn monitor_settings_are_checked_with_the_field_named() {
+        let with = |m: MonitorSettings| NetConfig {
+            monitor: Some(m),
+            ..NetConfig::default()
+        };
+        let d = MonitorSettings::default;
+        assert_eq!(d().listen, "127.0.0.1:5009".parse().unwrap());
+        assert_eq!(
+            (d().max_conns, d().token, d().per_client_metrics),
+            (8, None, false)
+        );
+        assert_eq!(NetConfig::default().monitor, None, "off by default");
+        assert_eq!(with(d()).validate(), Ok(()));
+        let field = |m: MonitorSettings| with(m).validate().expect_err("refused").field;
+        assert_eq!(
+            field(MonitorSettings {
+                max_conns: 0,
+                ..d()
+            }),
+            "monitor.max_conns"
+        );
+        assert_eq!(
+            field(MonitorSettings {
+                max_conns: MAX_MONITOR_LIMIT + 1,
+                ..d()
+            }),
+            "monitor.max_conns"
+        );
+        for bad in ["", "a b", "tok\u{e9}n", "semi;colon", &"t".repeat(101)] {
+            let m = MonitorSettings {
+                token: Some(bad.to_string()),
+                ..d()
+            };
+            assert_eq!(field(m), "monitor.token", "{bad:?}");
+        }
+        // Off loopback only with a token, as the control port.
+        let open = MonitorSettings {
+            listen: "0.0.0.0:5009".parse().unwrap(),
+            ..d()
+        };
+        let e = with(open.clone()).validate().unwrap_err();
+        assert_eq!(e.field, "monitor.listen");
+        assert!(e.problem.contains("non-loopback 0.0.0.0:5009"), "{e}");
+        let with_token = MonitorSettings {
+            token: Some("s3cret-Tok~en+/=".into()),
+            ..open
+        };
+        assert_eq!(with(with_token).validate(), Ok(()));
+        let v6 = MonitorSettings {
+            listen: "[::1]:5009".parse().unwrap(),
+            ..d()
+        };
+        assert_eq!(with(v6).validate(), Ok(()));
+        // Not on the control port's address.
+        let clash = MonitorSettings {
+            listen: "127.0.0.1:5008".parse().unwrap(),
+            ..d()
+        };
+        assert_eq!(field(clash), "monitor.listen");
     }
 
     #[test]

@@ -66,7 +66,10 @@ pub mod nats;
 pub mod proto;
 pub mod wire;
 
-pub use config::{Config, ConfigError, Distribution, GroupConfig, MAX_CONTROL_LIMIT, NetConfig};
+pub use config::{
+    Config, ConfigError, Distribution, GroupConfig, MAX_CONTROL_LIMIT, MAX_MONITOR_LIMIT,
+    MonitorSettings, NetConfig, valid_bearer_token,
+};
 pub use core::{ClientInfo, DropReason, KickTarget, RelayCore, RelayEvent, Stats};
 pub use crypto::key::ServerKey;
 pub use crypto::rng::Rng;

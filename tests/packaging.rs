@@ -240,10 +240,17 @@ fn exported_metrics() -> (BTreeSet<String>, String) {
         .expect("default config");
     let mut out = String::new();
     format_metrics(&mut out, &core, now);
+    // Sample names, and the family names of `# TYPE` (a histogram's family has none of its
+    // own samples: `_bucket`, `_sum`, `_count`).
     let names = out
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .chain(
+            out.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+                .map(str::to_string),
+        )
         .collect();
     (names, out)
 }
@@ -347,4 +354,41 @@ fn deb_package_installs_runs_under_systemd_and_purges_cleanly() {
     script(&["dist/test-deb.sh", &deb]);
     script(&["dist/test-systemd.sh", &deb]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// docs/operations.md describes the shipped unit: every directive it quotes in its systemd
+/// section (`Key=value` in backticks) is a line of dist/mcrelay.service, but for the ones it
+/// suggests adding with `systemctl edit`.
+#[test]
+fn operations_md_quotes_the_shipped_unit() {
+    let doc = read("docs/operations.md");
+    let unit = read("dist/mcrelay.service");
+    let start = doc.find("## Under systemd").expect("a systemd section");
+    let end = doc[start + 3..]
+        .find("\n## ")
+        .map_or(doc.len(), |e| start + 3 + e);
+    let section = &doc[start..end];
+    let mut quoted = 0;
+    for (i, chunk) in section.split('`').enumerate() {
+        let Some((key, _)) = chunk.split_once('=') else {
+            continue;
+        };
+        let is_directive = i % 2 == 1
+            && key.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && key.chars().all(|c| c.is_ascii_alphanumeric())
+            && key.chars().any(|c| c.is_ascii_lowercase());
+        if !is_directive || ["IPAddressDeny", "IPAddressAllow"].contains(&key) {
+            continue;
+        }
+        assert!(
+            unit.lines().any(|l| l == chunk),
+            "docs/operations.md quotes `{chunk}`, which dist/mcrelay.service does not have"
+        );
+        quoted += 1;
+    }
+    assert!(quoted >= 10, "only {quoted} directives quoted");
+    assert!(
+        section.contains("dist/mcrelay.service") && section.contains("bash dist/build-deb.sh"),
+        "the section points at the shipped unit and the package build"
+    );
 }

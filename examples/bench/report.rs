@@ -1,7 +1,7 @@
 //! Medians over runs, the table and the JSON object.
 
+use crate::Opts;
 use crate::measure::Figures;
-use crate::{Opts, Sys};
 
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| !x.is_nan());
@@ -48,40 +48,48 @@ fn fmt(x: f64) -> String {
     }
 }
 
-/// The ratios shown: (numerator, denominator), where both ran.
-const RATIOS: [(Sys, Sys); 4] = [
-    (Sys::Relay, Sys::Baseline),
-    (Sys::Group, Sys::Mbaseline),
-    (Sys::Group, Sys::Relay),
-    (Sys::Mbaseline, Sys::Baseline),
+/// The ratios shown: (numerator, denominator) by label (a system's name, or `scraped`:
+/// the relay with scrapes), where both ran.
+const RATIOS: [(&str, &str); 5] = [
+    ("relay", "baseline"),
+    ("group", "mbaseline"),
+    ("group", "relay"),
+    ("mbaseline", "baseline"),
+    ("scraped", "relay"),
 ];
 
-fn ratio_name(a: Sys, b: Sys) -> String {
-    let short = |s: Sys| match s {
-        Sys::Baseline => "base",
-        Sys::Mbaseline => "mbase",
-        Sys::Relay => "relay",
-        Sys::Group => "group",
+fn ratio_name(a: &str, b: &str) -> String {
+    let short = |s: &str| match s {
+        "baseline" => "base".to_string(),
+        "mbaseline" => "mbase".to_string(),
+        other => other.to_string(),
     };
     format!("{}/{}", short(a), short(b))
 }
 
-pub fn print(o: &Opts, med: &[(Sys, Figures)]) {
-    let get = |sys: Sys, k: &str| {
+/// `med`: medians per label, in the order measured.
+pub fn print(o: &Opts, med: &[(&'static str, Figures)]) {
+    let get = |label: &str, k: &str| {
         med.iter()
-            .find(|(s, _)| *s == sys)
+            .find(|(l, _)| *l == label)
             .and_then(|(_, f)| f.iter().find(|(n, _)| *n == k).map(|x| x.1))
     };
-    let ratio = |a: Sys, b: Sys, k: &str| match (get(a, k), get(b, k)) {
+    let ratio = |a: &str, b: &str, k: &str| match (get(a, k), get(b, k)) {
         (Some(x), Some(y)) if y != 0.0 => Some(x / y),
         _ => None,
     };
-    let present = |s: Sys| med.iter().any(|(m, _)| *m == s);
-    let ratios: Vec<(Sys, Sys)> = RATIOS
+    let present = |s: &str| med.iter().any(|(m, _)| *m == s);
+    let ratios: Vec<(&str, &str)> = RATIOS
         .iter()
         .copied()
         .filter(|&(a, b)| present(a) && present(b))
         .collect();
+    // The two-column table (and the JSON's "ratio"): baseline vs relay, or relay vs scraped.
+    let (first, second) = if o.scrape_ms.is_some() {
+        ("relay", "scraped")
+    } else {
+        ("baseline", "relay")
+    };
     // Every figure of every system, in first-seen order.
     let mut keys: Vec<&'static str> = Vec::new();
     for (_, f) in med {
@@ -95,6 +103,8 @@ pub fn print(o: &Opts, med: &[(Sys, Figures)]) {
         "leave-rekey".to_string()
     } else if o.rss.is_some() {
         "rss".to_string()
+    } else if let Some(ms) = o.scrape_ms {
+        format!("rate {} scrape {ms} ms", o.rate)
     } else if o.max {
         "max".to_string()
     } else {
@@ -113,8 +123,8 @@ pub fn print(o: &Opts, med: &[(Sys, Figures)]) {
                 "thread"
             }
         );
-        for (sys, f) in med {
-            s += &format!(",\"{}\":{{", sys.name());
+        for (label, f) in med {
+            s += &format!(",\"{label}\":{{");
             let body: Vec<String> = f
                 .iter()
                 .map(|(k, v)| format!("\"{k}\":{}", num(*v)))
@@ -122,15 +132,15 @@ pub fn print(o: &Opts, med: &[(Sys, Figures)]) {
             s += &body.join(",");
             s += "}";
         }
-        let obj = |a: Sys, b: Sys| {
+        let obj = |a: &str, b: &str| {
             let body: Vec<String> = keys
                 .iter()
                 .map(|k| format!("\"{k}\":{}", num(ratio(a, b, k).unwrap_or(f64::NAN))))
                 .collect();
             format!("{{{}}}", body.join(","))
         };
-        // "ratio" is relay/baseline, as before group mode.
-        s += &format!(",\"ratio\":{}", obj(Sys::Relay, Sys::Baseline));
+        // "ratio" is relay/baseline (scraped/relay), as before group mode.
+        s += &format!(",\"ratio\":{}", obj(second, first));
         s += ",\"ratios\":{";
         let body: Vec<String> = ratios
             .iter()
@@ -150,6 +160,8 @@ pub fn print(o: &Opts, med: &[(Sys, Figures)]) {
             "leave-rekey mode".to_string()
         } else if o.rss.is_some() {
             format!("rss mode, rate {} msg/s", o.rate)
+        } else if let Some(ms) = o.scrape_ms {
+            format!("rate {} msg/s, GET /metrics every {ms} ms", o.rate)
         } else if o.max {
             "max search".to_string()
         } else {
@@ -162,31 +174,32 @@ pub fn print(o: &Opts, med: &[(Sys, Figures)]) {
             ""
         }
     );
-    let systems: Vec<Sys> = med.iter().map(|(s, _)| *s).collect();
-    if systems == [Sys::Baseline, Sys::Relay] {
+    let systems: Vec<&str> = med.iter().map(|(s, _)| *s).collect();
+    if systems == [first, second] {
         // The table as it was before group mode.
         println!(
             "{:<32} {:>14} {:>14} {:>10}",
-            "figure", "baseline", "relay", "relay/base"
+            "figure",
+            first,
+            second,
+            ratio_name(second, first)
         );
         for k in &keys {
-            let b = get(Sys::Baseline, k);
-            let r = get(Sys::Relay, k);
+            let b = get(first, k);
+            let r = get(second, k);
             println!(
                 "{:<32} {:>14} {:>14} {:>10}",
                 k,
                 b.map(fmt).unwrap_or("-".into()),
                 r.map(fmt).unwrap_or("-".into()),
-                ratio(Sys::Relay, Sys::Baseline, k)
-                    .map(fmt)
-                    .unwrap_or("-".into())
+                ratio(second, first, k).map(fmt).unwrap_or("-".into())
             );
         }
         return;
     }
     let mut head = format!("{:<36}", "figure");
     for s in &systems {
-        head += &format!(" {:>12}", s.name());
+        head += &format!(" {s:>12}");
     }
     for &(a, b) in &ratios {
         head += &format!(" {:>11}", ratio_name(a, b));

@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 use mcrelay::core::Config;
 use mcrelay::crypto::key::ServerKey;
 use mcrelay::wire::Outer;
-use mcrelay::{Distribution, GroupConfig, NetConfig, Relay};
+use mcrelay::{Distribution, GroupConfig, MonitorSettings, NetConfig, Relay};
 use mio::{Events, Poll, Token, Waker};
 
 use crate::Sys;
 use crate::alloc::{LIVE, PEAK, TRACK};
 use crate::baseline::Forwarder;
+use crate::measure::Figures;
 use crate::os;
+use crate::scrape::Scraper;
 
 /// The CPU the server runs on; the generator takes CPU 1.
 pub const SERVER_CPU: usize = 0;
@@ -218,6 +220,7 @@ pub struct Server {
     child: Option<Child>,
     shared: Option<Arc<Shared>>,
     control: RefCell<Option<Control>>,
+    scraper: Option<Scraper>,
 }
 
 const WAKE: Token = Token(0);
@@ -227,8 +230,10 @@ pub fn bench_config(clients: usize, max_clients: Option<usize>) -> Config {
         // One source address (127.0.0.1) for every client: lift the anti-DoS budgets so the
         // join measures the relay's handshake work, not the limiter.
         handshakes_per_sec: 1_000_000,
+        handshake_cpu_percent: 100,
         handshakes_per_source_per_sec: 1_000_000,
         max_clients: max_clients.unwrap_or(clients.max(1024)),
+        max_clients_per_source: max_clients.unwrap_or(clients.max(1024)),
         ..Config::default()
     }
 }
@@ -283,15 +288,18 @@ impl Server {
             child: None,
             shared: None,
             control: RefCell::new(None),
+            scraper: None,
         }
     }
 
+    /// `scrape`: with the HTTP monitor on and a [`Scraper`] every that many ms (relays).
     pub fn start_thread(
         sys: Sys,
         pem: &str,
         clients: usize,
         max_clients: Option<usize>,
         n: u8,
+        scrape: Option<u64>,
     ) -> Server {
         let (group, port) = os::unique_endpoint(n);
         let stop = Arc::new(AtomicBool::new(false));
@@ -315,7 +323,7 @@ impl Server {
                 Sys::Baseline | Sys::Mbaseline => {
                     let dist = (sys == Sys::Mbaseline).then(|| dist_addr(group, port));
                     let mut f = Forwarder::new(group, port, dist, &poll).unwrap();
-                    tx.send((waker, None, tid)).unwrap();
+                    tx.send((waker, None, tid, None)).unwrap();
                     f.run(&mut poll, || !stop2.load(Ordering::Relaxed));
                 }
                 Sys::Relay | Sys::Group => {
@@ -330,6 +338,11 @@ impl Server {
                         max_control: 8,
                         control_token: None,
                         ttl: 0,
+                        monitor: scrape.map(|_| MonitorSettings {
+                            listen: "127.0.0.1:0".parse().unwrap(),
+                            ..MonitorSettings::default()
+                        }),
+                        ..NetConfig::default()
                     };
                     let mut cfg = bench_config(clients, max_clients);
                     if sys == Sys::Group {
@@ -342,7 +355,8 @@ impl Server {
                         .net(net)
                         .build(poll.registry(), Token(10), now)
                         .unwrap();
-                    tx.send((waker, Some(fp), tid)).unwrap();
+                    tx.send((waker, Some(fp), tid, relay.monitor_addr()))
+                        .unwrap();
                     let mut events = Events::with_capacity(256);
                     let (mut was_pending, mut epoch) = (false, relay.core().epoch());
                     while !stop2.load(Ordering::Relaxed) {
@@ -365,7 +379,7 @@ impl Server {
             }
             TRACK.with(|t| t.set(false));
         });
-        let (waker, pin, tid) = rx.recv().expect("server thread started");
+        let (waker, pin, tid, monitor) = rx.recv().expect("server thread started");
         let cpu = Cpu::Thread {
             clock: os::thread_cpu_clock(&thread),
             tid,
@@ -377,6 +391,9 @@ impl Server {
         s.waker = Some(waker);
         s.thread = Some(thread);
         s.shared = sys.is_relay().then_some(shared);
+        s.scraper = monitor
+            .zip(scrape)
+            .map(|(addr, ms)| Scraper::start(addr, Duration::from_millis(ms)));
         s
     }
 
@@ -400,6 +417,7 @@ impl Server {
             Sys::Relay | Sys::Group => {
                 let mut c = Command::new(bin);
                 let ctl = control_port.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
+                let cap = max_clients.unwrap_or(clients.max(1024)).to_string();
                 c.arg("serve")
                     .args(["--group", &group.to_string(), "--port", &port.to_string()])
                     .args(["--iface", "127.0.0.1", "--control", &ctl])
@@ -407,11 +425,10 @@ impl Server {
                     .arg("--key-file")
                     .arg(key_file)
                     .args(["--handshakes-per-sec", "1000000"])
+                    .args(["--handshake-cpu-percent", "100"])
                     .args(["--handshakes-per-source", "1000000"])
-                    .args([
-                        "--max-clients",
-                        &max_clients.unwrap_or(clients.max(1024)).to_string(),
-                    ]);
+                    .args(["--max-clients", &cap])
+                    .args(["--max-clients-per-source", &cap]);
                 if sys == Sys::Group {
                     c.args(["--distribution", "group", "--ttl", "0"]);
                 }
@@ -572,7 +589,9 @@ impl Server {
             .unwrap_or((0, 0))
     }
 
-    pub fn stop(mut self) {
+    /// Stop it; the scraper's figures, if one ran.
+    pub fn stop(mut self) -> Figures {
+        let scraped = self.scraper.take().map(Scraper::stop).unwrap_or_default();
         self.stop.store(true, Ordering::SeqCst);
         if let Some(w) = &self.waker {
             let _ = w.wake();
@@ -585,5 +604,6 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+        scraped
     }
 }

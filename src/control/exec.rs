@@ -4,19 +4,39 @@
 //! do and wants to see), hands complete lines to [`Operator::run_line`] and writes back the
 //! [`Reply`]; everything an operator can cause is decided here.
 
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use subtle::ConstantTimeEq;
 
 use super::command::{self, Command};
-use super::format::{format_clients, format_config, format_help, format_metrics, format_stats};
+use super::format::{
+    format_clients, format_config, format_control_metrics, format_control_stats, format_help,
+    format_metrics, format_stats,
+};
 use crate::config::NetConfig;
-use crate::core::RelayCore;
+use crate::core::ratelimit::{SourceKey, TokenBucket, source_key};
+use crate::core::{Metric, MetricKind, RelayCore};
 
-/// Failed `auth` attempts before the connection is closed.
+/// Refused `auth` attempts (failed or throttled) before the connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
+/// Failed `auth` attempts from one source (an IP address; for IPv6 a /64) before it must back
+/// off: its next attempts are refused unchecked for [`AUTH_BACKOFF_FIRST`], doubling with each
+/// further failure up to [`AUTH_BACKOFF_MAX`].
+pub const AUTH_FREE_FAILURES: u32 = 3;
+/// The first back-off of a source.
+pub const AUTH_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest back-off: once an attack stops, an operator at the attacker's address (all of
+/// loopback is one) is checked again after at most this long.
+pub const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A source's failures are forgotten after this long without one.
+pub const AUTH_FORGET: Duration = Duration::from_secs(600);
+/// `auth` attempts checked per second, all sources together (bursts of as many).
+pub const AUTH_CHECKS_PER_SEC: u32 = 10;
+/// Per-source entries (hashed with a per-process key; colliding sources share one).
+const AUTH_SOURCE_SLOTS: usize = 256;
 
 /// The answer to one line: body lines then `OK`, or `ERR <reason>`.
 pub type Reply = Result<String, String>;
@@ -35,12 +55,258 @@ pub struct Context<'a> {
     pub now: Instant,
     /// Set by `shutdown`: the host should stop the relay.
     pub shutdown_requested: bool,
+    /// What the control port keeps across connections (its counters).
+    pub control: &'a mut ControlState,
+}
+
+macro_rules! control_counters {
+    ($( $field:ident, $kind:ident, $help:literal; )*) => {
+        /// The control port's own figures (not the core's: they live with the control
+        /// server and are printed after the core's in `stats` and `metrics`).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct ControlCounters {
+            $( #[doc = $help] pub $field: u64, )*
+        }
+
+        /// Names, kinds and help texts of [`ControlCounters`], in `stats` order.
+        pub const CONTROL_COUNTERS: &[Metric] = &[
+            $( Metric { name: stringify!($field), help: $help, kind: MetricKind::$kind }, )*
+        ];
+
+        impl ControlCounters {
+            /// Every figure with its value, in [`CONTROL_COUNTERS`] order.
+            pub fn figures(&self) -> impl Iterator<Item = (&'static Metric, u64)> + '_ {
+                CONTROL_COUNTERS.iter().zip([$( self.$field, )*])
+            }
+        }
+    };
+}
+
+control_counters! {
+    control_connections, Gauge, "Control connections open now.";
+    control_output_bytes, Gauge, "Bytes of replies and log lines queued for operators.";
+    control_auth_failures, Counter, "Auth attempts checked and refused.";
+    control_auth_throttled, Counter, "Auth attempts refused unchecked: their source backs off, or the global cap was reached.";
+    control_auth_timeouts, Counter, "Connections closed for not authenticating in time.";
+    control_idle_timeouts, Counter, "Connections closed after the idle timeout.";
+    control_evicted, Counter, "Unauthenticated connections closed to make room for a newcomer.";
+    control_refused, Counter, "Connections refused: every slot held by an authenticated operator.";
+    control_overlong_closed, Counter, "Connections closed for sending 64 KiB without a newline.";
+    control_read_paused, Counter, "Times reading a connection paused until its queued output drained.";
+}
+
+/// How long a control connection may stay without authenticating, or idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection that has not authenticated this long after connecting is closed (only
+    /// when the relay has a token).
+    pub auth: Duration,
+    /// An authenticated connection that has sent no command this long, and does not stream
+    /// the log, is closed; `None`: never.
+    pub idle: Option<Duration>,
+}
+
+impl Timeouts {
+    /// The settings' timeouts (`NetConfig::control_auth_timeout`, `control_idle_timeout`;
+    /// an idle timeout of zero means never).
+    pub fn of(net: &NetConfig) -> Self {
+        Timeouts {
+            auth: net.control_auth_timeout,
+            idle: (!net.control_idle_timeout.is_zero()).then_some(net.control_idle_timeout),
+        }
+    }
+}
+
+/// What the control port keeps across its connections: counters and the rate-limited log of
+/// its defences. Owned by the control server, lent to each command in [`Context`].
+#[derive(Debug)]
+pub struct ControlState {
+    /// The figures `stats` and `metrics` print after the core's.
+    pub counters: ControlCounters,
+    timeouts: Timeouts,
+    auth: AuthLimiter,
+    log: NoticeLog,
+    conn_log: NoticeLog,
+}
+
+impl ControlState {
+    /// Fresh counters, with these deadlines for connections.
+    pub fn new(timeouts: Timeouts, now: Instant) -> Self {
+        ControlState {
+            counters: ControlCounters::default(),
+            timeouts,
+            auth: AuthLimiter::new(now),
+            log: NoticeLog::new(now, log::Level::Warn, "control-port warnings"),
+            conn_log: NoticeLog::new(now, log::Level::Info, "control connect/disconnect lines"),
+        }
+    }
+
+    /// The deadlines for connections.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Log a warning about the control port's defences at work (an attack, usually): at most
+    /// 10 lines a second, the others are counted and summarised in the next one.
+    pub fn notice(&mut self, now: Instant, msg: std::fmt::Arguments<'_>) {
+        if self.log.allow(now) {
+            warn!("{msg}");
+        }
+    }
+
+    /// Log a connection opening or closing, at info level, rate-limited like
+    /// [`ControlState::notice`] but separately (a connection flood must not hide warnings).
+    pub fn connection_note(&mut self, now: Instant, msg: std::fmt::Arguments<'_>) {
+        if self.conn_log.allow(now) {
+            info!("{msg}");
+        }
+    }
+}
+
+/// One source's record of failed `auth` attempts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Strikes {
+    failures: u32,
+    last_failure: Option<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+/// Who may have an `auth` attempt checked: per source, a back-off after
+/// [`AUTH_FREE_FAILURES`] failures; over all sources, [`AUTH_CHECKS_PER_SEC`]. Reconnecting
+/// does not help: the record is per source address, not per connection.
+#[derive(Debug)]
+struct AuthLimiter {
+    sources: Box<[Strikes]>,
+    key: RandomState,
+    global: TokenBucket,
+}
+
+impl AuthLimiter {
+    fn new(now: Instant) -> Self {
+        AuthLimiter {
+            sources: vec![Strikes::default(); AUTH_SOURCE_SLOTS].into_boxed_slice(),
+            key: RandomState::new(),
+            global: TokenBucket::new(AUTH_CHECKS_PER_SEC, AUTH_CHECKS_PER_SEC, now),
+        }
+    }
+
+    fn strikes(&mut self, ip: IpAddr) -> &mut Strikes {
+        let mut h = self.key.build_hasher();
+        match source_key(ip) {
+            SourceKey::V4(b) => {
+                h.write_u8(4);
+                h.write(&b);
+            }
+            SourceKey::V6Prefix(b) => {
+                h.write_u8(6);
+                h.write(&b);
+            }
+        }
+        let n = self.sources.len();
+        // `n` is AUTH_SOURCE_SLOTS, not zero; the index is in range.
+        &mut self.sources[(h.finish() % n as u64) as usize]
+    }
+
+    /// May an attempt from `ip` be checked now? `Err(retry_in)` when not. A refused attempt
+    /// does not extend the back-off, so it ends at a known time whatever the attacker does.
+    fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if let Some(until) = self.strikes(ip).blocked_until
+            && now < until
+        {
+            return Err(until - now);
+        }
+        // A source that is backing off takes nothing from the global budget.
+        if !self.global.try_take(now) {
+            return Err(Duration::from_secs(1));
+        }
+        Ok(())
+    }
+
+    /// An attempt from `ip` was checked and failed; returns the back-off it now starts.
+    fn failed(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let s = self.strikes(ip);
+        if s.last_failure
+            .is_some_and(|t| now.saturating_duration_since(t) >= AUTH_FORGET)
+        {
+            s.failures = 0;
+        }
+        s.failures = s.failures.saturating_add(1);
+        s.last_failure = Some(now);
+        let beyond = s.failures.checked_sub(AUTH_FREE_FAILURES)?;
+        let backoff = AUTH_BACKOFF_FIRST
+            .saturating_mul(1 << beyond.min(16))
+            .min(AUTH_BACKOFF_MAX);
+        s.blocked_until = Some(now + backoff);
+        Some(backoff)
+    }
+
+    /// An attempt from `ip` succeeded: its record is cleared.
+    fn succeeded(&mut self, ip: IpAddr) {
+        *self.strikes(ip) = Strikes::default();
+    }
+}
+
+/// Whole seconds, rounded up, at least 1 (for "retry in N s").
+fn ceil_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// Rate limit for the control port's warnings: an attacker repeating an attack thousands of
+/// times a second must not turn the log into the flood.
+#[derive(Debug)]
+struct NoticeLog {
+    window: Instant,
+    lines: u32,
+    suppressed: u64,
+    level: log::Level,
+    what: &'static str,
+}
+
+impl NoticeLog {
+    const PER_SEC: u32 = 10;
+
+    fn new(now: Instant, level: log::Level, what: &'static str) -> Self {
+        NoticeLog {
+            window: now,
+            lines: 0,
+            suppressed: 0,
+            level,
+            what,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                log::log!(
+                    self.level,
+                    "control: {} more {} not logged (see `stats`)",
+                    self.suppressed,
+                    self.what
+                );
+            }
+            self.window = now;
+            self.lines = 0;
+            self.suppressed = 0;
+        }
+        if self.lines < Self::PER_SEC {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 /// One operator's session on the control port: authentication and log preferences.
 #[derive(Debug, Clone)]
 pub struct Operator {
     peer: SocketAddr,
+    /// When the connection was accepted (the authentication deadline counts from here).
+    connected_at: Instant,
+    /// When the last command line arrived (the idle timeout counts from here).
+    last_active: Instant,
     authed: bool,
     auth_failures: u32,
     log_on: bool,
@@ -51,10 +317,13 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// A new connection from `peer`; it starts authenticated when the relay has no token.
-    pub fn new(peer: SocketAddr, token_required: bool) -> Self {
+    /// A new connection from `peer`, accepted at `now`; it starts authenticated when the
+    /// relay has no token.
+    pub fn new(peer: SocketAddr, token_required: bool, now: Instant) -> Self {
         Operator {
             peer,
+            connected_at: now,
+            last_active: now,
             authed: !token_required,
             auth_failures: 0,
             log_on: false,
@@ -99,10 +368,52 @@ impl Operator {
         if !self.accepting {
             return None;
         }
+        self.last_active = cx.now;
         Some(match command::parse(line) {
             Ok(cmd) => self.run(cmd, cx),
             Err(e) => Err(e),
         })
+    }
+
+    /// When this connection must be closed unless something happens first: the
+    /// authentication deadline while it has not authenticated, then the idle timeout (not
+    /// while it streams the log: `mcrelay ctl --follow` sends nothing for hours). `None`
+    /// when it is closing anyway or has no deadline.
+    pub fn deadline(&self, t: &Timeouts) -> Option<Instant> {
+        if !self.accepting {
+            None
+        } else if !self.authed {
+            Some(self.connected_at + t.auth)
+        } else if self.log_level().is_some() {
+            None
+        } else {
+            t.idle.map(|d| self.last_active + d)
+        }
+    }
+
+    /// Past the deadline at `now`: stop accepting commands, count it and return the last
+    /// reply (the driver writes it and closes the connection).
+    pub fn expire(&mut self, now: Instant, state: &mut ControlState) -> Option<Reply> {
+        let t = state.timeouts;
+        if self.deadline(&t).is_none_or(|d| now < d) {
+            return None;
+        }
+        self.accepting = false;
+        let peer = self.peer;
+        Some(Err(if self.authed {
+            state.counters.control_idle_timeouts += 1;
+            let idle = t.idle.unwrap_or_default();
+            info!("control: {peer} idle for {idle:?}; closing it");
+            format!("idle for {idle:?}; closing")
+        } else {
+            state.counters.control_auth_timeouts += 1;
+            let auth = t.auth;
+            state.notice(
+                now,
+                format_args!("control: {peer} did not authenticate within {auth:?}; closing it"),
+            );
+            format!("authentication timeout: no auth within {auth:?}")
+        }))
     }
 
     /// Run one parsed command.
@@ -114,10 +425,16 @@ impl Operator {
         match cmd {
             Command::Help => format_help(&mut body),
             Command::Ping => {}
-            Command::Auth(token) => return self.auth(&token, cx.token),
-            Command::Stats => format_stats(&mut body, cx.core, cx.now),
+            Command::Auth(token) => return self.auth(&token, cx),
+            Command::Stats => {
+                format_stats(&mut body, cx.core, cx.now);
+                format_control_stats(&mut body, &cx.control.counters);
+            }
             Command::Clients => format_clients(&mut body, cx.core.clients(), cx.now),
-            Command::Metrics => format_metrics(&mut body, cx.core, cx.now),
+            Command::Metrics => {
+                format_metrics(&mut body, cx.core, cx.now);
+                format_control_metrics(&mut body, &cx.control.counters);
+            }
             Command::Config => format_config(&mut body, cx.core, cx.net, cx.control_addr),
             Command::Kick(target) => match cx.core.kick(cx.now, target) {
                 Some(id) => {
@@ -148,8 +465,8 @@ impl Operator {
         Ok(body)
     }
 
-    fn auth(&mut self, token: &str, want: Option<&str>) -> Reply {
-        let Some(want) = want else {
+    fn auth(&mut self, token: &str, cx: &mut Context<'_>) -> Reply {
+        let Some(want) = cx.token else {
             self.authed = true;
             return Ok("no token configured\n".into());
         };
@@ -158,24 +475,52 @@ impl Operator {
         if self.auth_failures >= MAX_AUTH_FAILURES {
             return Err("authentication failed".into());
         }
+        let (ip, now, state) = (self.peer.ip(), cx.now, &mut *cx.control);
+        if let Err(retry) = state.auth.admit(ip, now) {
+            // Refused unchecked, even the right token: a check now would tell a guesser.
+            state.counters.control_auth_throttled += 1;
+            self.refused(now, state);
+            let retry = ceil_secs(retry);
+            return Err(format!(
+                "authentication failed: throttled, retry in {retry}s"
+            ));
+        }
         if bool::from(want.as_bytes().ct_eq(token.as_bytes())) {
+            state.auth.succeeded(ip);
             self.authed = true;
             info!("control: {} authenticated", self.peer);
             return Ok(String::new());
         }
-        self.auth_failures += 1;
-        warn!(
-            "control: failed auth from {} ({} of {MAX_AUTH_FAILURES})",
-            self.peer, self.auth_failures
+        state.counters.control_auth_failures += 1;
+        let n = self.auth_failures + 1;
+        let peer = self.peer;
+        state.notice(
+            now,
+            format_args!("control: failed auth from {peer} ({n} of {MAX_AUTH_FAILURES})"),
         );
+        if let Some(d) = state.auth.failed(ip, now) {
+            state.notice(
+                now,
+                format_args!("control: auth from {ip} refused unchecked for {d:?} (back-off)"),
+            );
+        }
+        self.refused(now, state);
+        Err("authentication failed".into())
+    }
+
+    /// Count a refused attempt on this connection; close it at MAX_AUTH_FAILURES.
+    fn refused(&mut self, now: Instant, state: &mut ControlState) {
+        self.auth_failures += 1;
         if self.auth_failures >= MAX_AUTH_FAILURES {
-            warn!(
-                "control: closing {} after {MAX_AUTH_FAILURES} failed auth attempts",
-                self.peer
+            let peer = self.peer;
+            state.notice(
+                now,
+                format_args!(
+                    "control: closing {peer} after {MAX_AUTH_FAILURES} refused auth attempts"
+                ),
             );
             self.accepting = false;
         }
-        Err("authentication failed".into())
     }
 }
 
@@ -196,13 +541,17 @@ mod tests {
     struct Harness {
         w: testkit::Net,
         net: NetConfig,
+        control: ControlState,
     }
 
     impl Harness {
         fn new() -> Self {
+            let w = testkit::Net::new(Config::default());
+            let now = w.now;
             Harness {
-                w: testkit::Net::new(Config::default()),
+                w,
                 net: NetConfig::default(),
+                control: ControlState::new(Timeouts::of(&NetConfig::default()), now),
             }
         }
 
@@ -219,6 +568,7 @@ mod tests {
                 token,
                 now: self.w.now,
                 shutdown_requested: false,
+                control: &mut self.control,
             };
             let r = op.run_line(line, &mut cx).expect("accepting");
             (r, cx.shutdown_requested)
@@ -226,7 +576,11 @@ mod tests {
     }
 
     fn op(token_required: bool) -> Operator {
-        Operator::new("127.0.0.1:40000".parse().unwrap(), token_required)
+        Operator::new(
+            "127.0.0.1:40000".parse().unwrap(),
+            token_required,
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -273,6 +627,7 @@ mod tests {
             token: Some("s3cret"),
             now: h.w.now,
             shutdown_requested: false,
+            control: &mut h.control,
         };
         assert_eq!(
             o.run_line("auth s3cret", &mut cx),
@@ -280,6 +635,83 @@ mod tests {
             "ignored after lockout"
         );
         assert!(!o.is_authenticated());
+    }
+
+    fn op_from(ip: &str) -> Operator {
+        Operator::new(format!("{ip}:40000").parse().unwrap(), true, Instant::now())
+    }
+
+    #[test]
+    fn failed_auth_backs_off_per_source_across_connections() {
+        let mut h = Harness::new();
+        let t0 = h.w.now;
+        let tok = Some("s3cret");
+        let failed: Reply = Err("authentication failed".into());
+        let throttled =
+            |s: u64| -> Reply { Err(format!("authentication failed: throttled, retry in {s}s")) };
+        // Three connections with one wrong guess each: reconnecting does not reset the count.
+        for _ in 0..3 {
+            let mut o = op(true);
+            assert_eq!(h.run(&mut o, "auth nope", tok).0, failed);
+        }
+        // The source now backs off 1 s: refused unchecked, even with the right token.
+        let mut o = op(true);
+        assert_eq!(h.run(&mut o, "auth s3cret", tok).0, throttled(1));
+        assert!(!o.is_authenticated());
+        // Another source is not affected.
+        let mut other = op_from("127.0.0.2");
+        assert_eq!(h.run(&mut other, "auth s3cret", tok).0, Ok(String::new()));
+        // Each further failure doubles the back-off, up to AUTH_BACKOFF_MAX.
+        let mut until = t0 + Duration::from_secs(1);
+        for next in [2, 4, 8, 16, 30, 30] {
+            h.w.now = until - Duration::from_millis(1);
+            assert_eq!(h.run(&mut op(true), "auth nope", tok).0, throttled(1));
+            h.w.now = until;
+            assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+            assert_eq!(h.run(&mut op(true), "auth nope", tok).0, throttled(next));
+            until = h.w.now + Duration::from_secs(next);
+        }
+        assert_eq!(h.control.counters.control_auth_failures, 3 + 6);
+        assert_eq!(h.control.counters.control_auth_throttled, 1 + 6 * 2);
+        // When the back-off ends, the right token works and clears the record.
+        h.w.now = until;
+        let mut o = op(true);
+        assert_eq!(h.run(&mut o, "auth s3cret", tok).0, Ok(String::new()));
+        assert!(o.is_authenticated());
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        // Failures are forgotten after AUTH_FORGET without one.
+        h.w.now += AUTH_FORGET;
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        assert_eq!(h.run(&mut op(true), "auth nope", tok).0, failed);
+        assert_eq!(
+            h.run(&mut op(true), "auth s3cret", tok).0,
+            Ok(String::new())
+        );
+    }
+
+    #[test]
+    fn auth_checks_are_capped_over_all_sources() {
+        let mut h = Harness::new();
+        let tok = Some("s3cret");
+        // One wrong guess from each of many addresses: at most AUTH_CHECKS_PER_SEC checked.
+        let mut checked = 0;
+        for i in 0..50 {
+            let mut o = op_from(&format!("10.0.{i}.1"));
+            match h.run(&mut o, "auth nope", tok).0 {
+                Err(e) if e == "authentication failed" => checked += 1,
+                Err(e) => assert_eq!(e, "authentication failed: throttled, retry in 1s"),
+                Ok(_) => panic!("wrong token accepted"),
+            }
+        }
+        assert_eq!(checked, AUTH_CHECKS_PER_SEC);
+        assert_eq!(h.control.counters.control_auth_throttled, 50 - 10);
+        // The bucket refills: 100 ms buys one check.
+        h.w.now += Duration::from_millis(100);
+        let mut o = op_from("10.1.0.1");
+        assert_eq!(h.run(&mut o, "auth s3cret", tok).0, Ok(String::new()));
+        let mut o = op_from("10.1.0.2");
+        assert!(h.run(&mut o, "auth s3cret", tok).0.is_err());
     }
 
     #[test]
@@ -306,12 +738,89 @@ mod tests {
         let want = crate::core::GAUGES.len()
             + crate::core::Stats::COUNTERS.len()
             + 1
-            + crate::core::DropReason::ALL.len();
+            + crate::core::DropReason::ALL.len()
+            + CONTROL_COUNTERS.len();
         assert_eq!(lines, want);
+        // The control port's figures come last, from the control server's counters.
+        h.control.counters.control_read_paused = 7;
+        let stats = h.run(&mut o, "stats", None).0.expect("ok");
+        assert!(stats.contains("\ncontrol_read_paused 7\n"), "{stats}");
         let metrics = h.run(&mut o, "metrics", None).0.expect("ok");
         assert!(metrics.contains("# TYPE mcrelay_clients gauge\nmcrelay_clients 1\n"));
         assert!(metrics.contains("mcrelay_joins_total 1\n"));
         assert!(metrics.contains("mcrelay_drops_total{reason=\"replay\"} 0\n"));
+        assert!(metrics.contains(
+            "# TYPE mcrelay_control_read_paused_total counter\nmcrelay_control_read_paused_total 7\n"
+        ));
+        assert!(metrics.contains("# TYPE mcrelay_control_connections gauge\n"));
+    }
+
+    #[test]
+    fn auth_deadline_then_idle_timeout_but_not_while_following_the_log() {
+        let mut h = Harness::new();
+        let t0 = h.w.now;
+        let t = Timeouts {
+            auth: Duration::from_secs(5),
+            idle: Some(Duration::from_secs(300)),
+        };
+        h.control = ControlState::new(t, t0);
+        let peer = "127.0.0.1:40000".parse().unwrap();
+        let mut o = Operator::new(peer, true, t0);
+        // Unauthenticated: 5 s from connecting, whatever it sends meanwhile.
+        assert_eq!(o.deadline(&t), Some(t0 + Duration::from_secs(5)));
+        h.w.now = t0 + Duration::from_secs(4);
+        assert!(h.run(&mut o, "ping", Some("s3cret")).0.is_ok());
+        assert_eq!(o.deadline(&t), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(
+            o.expire(t0 + Duration::from_millis(4999), &mut h.control),
+            None
+        );
+        // Authenticated in time: from now on, 300 s after the last command.
+        assert!(h.run(&mut o, "auth s3cret", Some("s3cret")).0.is_ok());
+        assert_eq!(o.deadline(&t), Some(h.w.now + Duration::from_secs(300)));
+        assert_eq!(o.expire(t0 + Duration::from_secs(6), &mut h.control), None);
+        // Following the log: no idle timeout.
+        assert!(h.run(&mut o, "log on", Some("s3cret")).0.is_ok());
+        assert_eq!(o.deadline(&t), None);
+        assert!(h.run(&mut o, "log off", Some("s3cret")).0.is_ok());
+        let idle_at = h.w.now + Duration::from_secs(300);
+        assert_eq!(o.deadline(&t), Some(idle_at));
+        let r = o.expire(idle_at, &mut h.control);
+        assert_eq!(r, Some(Err("idle for 300s; closing".into())));
+        assert!(!o.is_accepting());
+        assert_eq!(o.deadline(&t), None, "closing: no more deadlines");
+        assert_eq!(h.control.counters.control_idle_timeouts, 1);
+
+        // A silent unauthenticated connection.
+        let mut silent = Operator::new(peer, true, t0);
+        let r = silent.expire(t0 + Duration::from_secs(5), &mut h.control);
+        assert_eq!(
+            r,
+            Some(Err("authentication timeout: no auth within 5s".into()))
+        );
+        assert_eq!(h.control.counters.control_auth_timeouts, 1);
+        // Idle timeout off: an authenticated operator never expires.
+        let off = Timeouts { idle: None, ..t };
+        assert_eq!(Operator::new(peer, false, t0).deadline(&off), None);
+        assert_eq!(Timeouts::of(&NetConfig::default()), t);
+    }
+
+    #[test]
+    fn notices_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut s = ControlState::new(Timeouts::of(&NetConfig::default()), t0);
+        for _ in 0..25 {
+            s.notice(t0, format_args!("control: test"));
+        }
+        assert_eq!((s.log.lines, s.log.suppressed), (10, 15));
+        s.notice(t0 + Duration::from_secs(1), format_args!("control: test"));
+        assert_eq!((s.log.lines, s.log.suppressed), (1, 0));
+        // Connection lines have their own allowance.
+        for _ in 0..12 {
+            s.connection_note(t0, format_args!("control: test"));
+        }
+        assert_eq!((s.conn_log.lines, s.conn_log.suppressed), (10, 2));
+        assert_eq!(s.log.suppressed, 0);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Reply bodies: `help`, `stats`, `clients`, `metrics`, `config`. Every figure comes from the
 //! core's tables ([`Stats::COUNTERS`](crate::core::Stats::COUNTERS),
-//! [`GAUGES`](crate::core::GAUGES), [`DropReason::ALL`]), so `stats` and `metrics` always show
-//! the same set under the same names.
+//! [`GAUGES`](crate::core::GAUGES), [`DropReason::ALL`]) and the control port's own
+//! ([`CONTROL_COUNTERS`](super::CONTROL_COUNTERS)), so `stats` and `metrics` always show the
+//! same set under the same names.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::command::HELP;
+use super::exec::ControlCounters;
 use crate::config::NetConfig;
 use crate::core::{ClientInfo, DropReason, Metric, MetricKind, RelayCore};
 
@@ -70,14 +72,7 @@ pub fn format_clients(out: &mut String, clients: impl Iterator<Item = ClientInfo
 /// `metrics`: Prometheus text exposition format 0.0.4.
 pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant) {
     for (m, v) in figures(core, now) {
-        let name = m.prometheus_name();
-        let kind = match m.kind {
-            MetricKind::Counter => "counter",
-            MetricKind::Gauge => "gauge",
-        };
-        let _ = writeln!(out, "# HELP {name} {}", m.help);
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {v}");
+        write_metric(out, m, v);
     }
     let s = core.stats();
     let _ = writeln!(
@@ -93,6 +88,22 @@ pub fn format_metrics(out: &mut String, core: &RelayCore, now: Instant) {
             s.drops(*d)
         );
     }
+    // Histograms (core/histogram.rs): handshake duration, message size.
+    for h in core.histograms().iter() {
+        h.write_prometheus(out);
+    }
+}
+
+/// One figure with its `# HELP` and `# TYPE` lines.
+fn write_metric(out: &mut String, m: &Metric, v: u64) {
+    let name = m.prometheus_name();
+    let kind = match m.kind {
+        MetricKind::Counter => "counter",
+        MetricKind::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP {name} {}", m.help);
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {}", m.prometheus_value(v));
 }
 
 /// `config`: the effective settings, never a secret.
@@ -114,6 +125,14 @@ pub fn format_config(
     line("control", &control);
     line("max_control", &net.max_control);
     line("control_auth", &on_off(net.control_token.is_some()));
+    line(
+        "control_auth_timeout_ms",
+        &net.control_auth_timeout.as_millis(),
+    );
+    line(
+        "control_idle_timeout_ms",
+        &net.control_idle_timeout.as_millis(),
+    );
     line("distribution", &core.mode());
     if let crate::config::Distribution::Group(g) = &c.distribution {
         line("distribution_group", &g.addr);
@@ -128,6 +147,7 @@ pub fn format_config(
     line("client_timeout_ms", &c.client_timeout.as_millis());
     line("keepalive_interval_ms", &c.keepalive_interval.as_millis());
     line("max_clients", &c.max_clients);
+    line("max_clients_per_source", &c.max_clients_per_source);
     let r = &c.reassembly;
     line("reassembly_timeout_ms", &r.timeout.as_millis());
     line("reassembly_per_client_messages", &r.per_owner_messages);
@@ -140,6 +160,7 @@ pub fn format_config(
         "handshakes_per_source_per_sec",
         &c.handshakes_per_source_per_sec,
     );
+    line("handshake_cpu_percent", &c.handshake_cpu_percent);
     line("max_pending_handshakes", &c.max_pending_registrations);
     line("cookie_lifetime_ms", &c.cookie_lifetime.as_millis());
     line("send_queue_bytes", &c.max_send_queue);
@@ -148,4 +169,18 @@ pub fn format_config(
         .as_ref()
         .map_or("off".to_string(), |a| format!("on ({} names)", a.len()));
     line("admission", &admission);
+}
+
+/// The control port's figures as `stats` lines (after the core's).
+pub fn format_control_stats(out: &mut String, counters: &ControlCounters) {
+    for (m, v) in counters.figures() {
+        let _ = writeln!(out, "{} {v}", m.name);
+    }
+}
+
+/// The control port's figures in Prometheus text format (after the core's).
+pub fn format_control_metrics(out: &mut String, counters: &ControlCounters) {
+    for (m, v) in counters.figures() {
+        write_metric(out, m, v);
+    }
 }

@@ -10,8 +10,15 @@ mod exec;
 mod format;
 
 pub use command::{Command, HELP, parse};
-pub use exec::{Context, MAX_AUTH_FAILURES, Operator, Reply, max_log_level};
-pub use format::{format_clients, format_config, format_help, format_metrics, format_stats};
+pub use exec::{
+    AUTH_BACKOFF_FIRST, AUTH_BACKOFF_MAX, AUTH_CHECKS_PER_SEC, AUTH_FORGET, AUTH_FREE_FAILURES,
+    CONTROL_COUNTERS, Context, ControlCounters, ControlState, MAX_AUTH_FAILURES, Operator, Reply,
+    Timeouts, max_log_level,
+};
+pub use format::{
+    format_clients, format_config, format_control_metrics, format_control_stats, format_help,
+    format_metrics, format_stats,
+};
 
 /// Longest command line accepted (bytes, without the newline).
 pub const MAX_LINE: usize = 1024;

@@ -84,11 +84,69 @@ pub(crate) trait Strategy: fmt::Debug {
     fn pending_acks(&self) -> usize {
         0
     }
+
+    /// Notices (JOIN, LEAVE) not yet sent to every recipient.
+    fn backlog(&self) -> usize {
+        0
+    }
 }
+
+/// Notice copies (JOIN, LEAVE) one turn may seal; the rest wait for the next turn. A turn is
+/// one `now`: the driver takes a fresh instant per loop turn (issue 12, finding 6: a burst of
+/// joins or leaves in a full relay is O(N) per notice and must not hold the loop).
+pub(crate) const NOTICE_SEALS_PER_TURN: usize = 1024;
 
 /// Per-recipient fan-out: one sealed copy per member, each under its own key.
 #[derive(Debug, Default)]
-pub(crate) struct Unicast;
+pub(crate) struct Unicast {
+    /// Notices not yet sealed for every recipient, oldest first: a recipient always sees
+    /// them in the order they happened.
+    backlog: std::collections::VecDeque<Notice>,
+    /// The turn `budget` belongs to.
+    turn: Option<Instant>,
+    /// Notice copies this turn may still seal.
+    budget: usize,
+}
+
+/// A JOIN or LEAVE on its way to the members that were there when it happened.
+#[derive(Debug)]
+struct Notice {
+    /// The inner plaintext (the same for every recipient).
+    plain: Vec<u8>,
+    /// Recipients: sessions admitted before this serial...
+    cutoff: u64,
+    /// ...but this one (the joiner).
+    except: Option<u64>,
+    /// The next slot to look at.
+    next_slot: usize,
+}
+
+impl Unicast {
+    /// Seal what the turn's budget allows, oldest notice first.
+    fn drain(&mut self, cx: &mut Cx<'_>) {
+        if self.turn != Some(cx.now) {
+            self.turn = Some(cx.now);
+            self.budget = NOTICE_SEALS_PER_TURN;
+        }
+        while self.budget > 0 {
+            let Some(n) = self.backlog.front_mut() else {
+                return;
+            };
+            cx.plain.clear();
+            cx.plain.extend_from_slice(&n.plain);
+            let (cutoff, except) = (n.cutoff, n.except);
+            let mut budget = self.budget;
+            let (_, next) = seal_some(cx, n.next_slot, &mut budget, |_, s| {
+                s.serial < cutoff && Some(s.serial) != except
+            });
+            self.budget = budget;
+            n.next_slot = next;
+            if next >= cx.sessions.capacity() {
+                self.backlog.pop_front();
+            }
+        }
+    }
+}
 
 impl Strategy for Unicast {
     fn mode(&self) -> &'static str {
@@ -115,9 +173,39 @@ impl Strategy for Unicast {
     }
 
     fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>) {
-        cx.plain.clear();
-        wire::write_inner(cx.plain, 0, body);
-        seal_to_all(cx, except);
+        if matches!(body, Body::Shutdown) {
+            // Last words go to everyone now; what was still queued no longer matters.
+            self.backlog.clear();
+            cx.plain.clear();
+            wire::write_inner(cx.plain, 0, body);
+            seal_to_all(cx, except);
+            return;
+        }
+        let mut plain = Vec::new();
+        wire::write_inner(&mut plain, 0, body);
+        self.backlog.push_back(Notice {
+            plain,
+            cutoff: cx.sessions.next_serial(),
+            except: except
+                .and_then(|slot| cx.sessions.get(slot))
+                .map(|s| s.serial),
+            next_slot: 0,
+        });
+        self.drain(cx);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        // Due at once: the next turn continues the backlog.
+        self.backlog.front().and(self.turn)
+    }
+
+    fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        self.turn = None; // a timeout call is a turn of its own
+        self.drain(cx);
+    }
+
+    fn backlog(&self) -> usize {
+        self.backlog.len()
     }
 }
 
@@ -132,18 +220,36 @@ pub(crate) fn seal_to_all(cx: &mut Cx<'_>, except: Option<usize>) -> u64 {
 /// Binary (version 2 and 3) recipients of a single-datagram token go in batches of four: each
 /// token is laid out in the outbox first (header, plaintext, room for the tag), then four are
 /// encrypted and signed together ([`fernet::finish_raw_x4`]), the rest one by one.
-pub(crate) fn seal_to(cx: &mut Cx<'_>, mut pick: impl FnMut(usize, &Session) -> bool) -> u64 {
+pub(crate) fn seal_to(cx: &mut Cx<'_>, pick: impl FnMut(usize, &Session) -> bool) -> u64 {
+    let mut unlimited = usize::MAX;
+    seal_some(cx, 0, &mut unlimited, pick).0
+}
+
+/// [`seal_to`] from slot `start` on, for at most `budget` recipients (decremented). Returns
+/// how many were queued and the slot to continue from (the capacity when every slot was seen).
+fn seal_some(
+    cx: &mut Cx<'_>,
+    start: usize,
+    budget: &mut usize,
+    mut pick: impl FnMut(usize, &Session) -> bool,
+) -> (u64, usize) {
     let raw_len = fernet::raw_token_len(cx.plain.len());
     let mut batch = [(0usize, 0usize); 4]; // (slot, token offset in the outbox)
     let mut held = 0;
     let mut queued = 0;
-    for slot in 0..cx.sessions.capacity() {
+    let mut next = cx.sessions.capacity();
+    for slot in start..cx.sessions.capacity() {
+        if *budget == 0 {
+            next = slot;
+            break;
+        }
         let Some(s) = cx.sessions.get_mut(slot) else {
             continue;
         };
         if !pick(slot, s) {
             continue;
         }
+        *budget -= 1;
         match cx
             .out
             .seal(s, cx.plain, cx.rng, cx.unix, true, &mut cx.tel.stats)
@@ -166,7 +272,7 @@ pub(crate) fn seal_to(cx: &mut Cx<'_>, mut pick: impl FnMut(usize, &Session) -> 
             fernet::finish_raw(s.channel.key(), cx.out.token_mut(at, raw_len));
         }
     }
-    queued
+    (queued, next)
 }
 
 /// Encrypt and sign four pending tokens (outbox offsets ascending).
@@ -214,14 +320,16 @@ mod tests {
         keys: Vec<FernetKey>,
     }
 
-    /// `v1` version-1 members and `v2` version-2 members, keys `[i; 32]`.
+    /// `v1` version-1 members and `v2` version-2 members, each with its own key.
     fn world(v1: usize, v2: usize) -> World {
         let now = Instant::now();
         let mut rng = Rng::from_seed([4; 32]);
         let mut sessions = Sessions::new();
         let mut keys = Vec::new();
         for i in 0..v1 + v2 {
-            let key = FernetKey::from_bytes(&[i as u8 + 1; 32]);
+            let mut bytes = [1u8; 32];
+            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let key = FernetKey::from_bytes(&bytes);
             keys.push(key.clone());
             let version = if i < v1 { 1 } else { 2 };
             let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
@@ -248,6 +356,18 @@ mod tests {
                 unix: 1_700_000_000,
                 plain: &mut self.plain,
             }
+        }
+
+        /// Like [`World::opened`], leaving out the datagrams to 127.0.0.2 (added members whose
+        /// keys the world does not know).
+        fn opened_v2_only(&self) -> Vec<(u16, Vec<u8>)> {
+            assert!(
+                self.out
+                    .transmits()
+                    .all(|(to, _)| to.ip() == std::net::Ipv4Addr::LOCALHOST),
+                "a notice reached a member admitted after it"
+            );
+            self.opened()
         }
 
         /// Every queued datagram opened with its recipient's key: (port, body bytes).
@@ -277,7 +397,7 @@ mod tests {
     fn every_member_but_the_sender_gets_one_copy_under_its_own_key() {
         // 2 version-1 members and 11 version-2 members: two batches of four and three alone.
         let mut w = world(2, 11);
-        let n = Unicast.relay(&mut w.cx(), 0, b"hi");
+        let n = Unicast::default().relay(&mut w.cx(), 0, b"hi");
         assert_eq!(n, 12);
         let got = w.opened();
         assert_eq!(got.len(), 12);
@@ -293,21 +413,84 @@ mod tests {
     #[test]
     fn announcements_reach_everyone_but_the_exception() {
         let mut w = world(1, 3);
-        Unicast.announce(&mut w.cx(), None, &Body::Shutdown);
+        Unicast::default().announce(&mut w.cx(), None, &Body::Shutdown);
         assert_eq!(w.opened().len(), 4);
         let mut w = world(1, 3);
         let join = Body::Join { id: 4, name: None };
-        Unicast.announce(&mut w.cx(), Some(3), &join);
+        Unicast::default().announce(&mut w.cx(), Some(3), &join);
         let got = w.opened();
         assert_eq!(got.len(), 3);
         assert!(got.iter().all(|(port, _)| *port != 1003));
     }
 
     #[test]
+    fn a_notice_burst_is_spread_over_turns_in_order_and_only_to_members_of_its_time() {
+        let n = NOTICE_SEALS_PER_TURN + NOTICE_SEALS_PER_TURN / 2 + 1;
+        let mut w = world(0, n);
+        let mut u = Unicast::default();
+        let t0 = Instant::now();
+        let mut cx = w.cx();
+        cx.now = t0;
+        u.announce(&mut cx, Some(0), &Body::Join { id: 1, name: None });
+        u.announce(&mut cx, None, &Body::Leave { id: 2, reason: 0 });
+        assert_eq!(
+            w.out.transmits().count(),
+            NOTICE_SEALS_PER_TURN,
+            "one turn's worth"
+        );
+        assert_eq!(u.backlog(), 2);
+        assert_eq!(u.poll_timeout(), Some(t0), "due at once");
+        // A member admitted now was told by its MEMBERS list: neither notice is for it.
+        let late = SocketAddr::from(([127, 0, 0, 2], 1000));
+        let key = FernetKey::from_bytes(&[0xee; 32]);
+        let rng = &mut w.rng;
+        w.sessions.insert(late, Channel::new(2, key, rng), None, t0);
+        let mut turns = 1;
+        while u.backlog() > 0 {
+            let mut cx = w.cx();
+            cx.now = t0;
+            u.handle_timeout(&mut cx);
+            turns += 1;
+            assert!(turns < 10);
+        }
+        assert_eq!(u.poll_timeout(), None);
+        let got = w.opened_v2_only();
+        // (n - 1) JOINs (not to the joiner) and n LEAVEs, each member's JOIN before its LEAVE.
+        assert_eq!(got.len(), 2 * n - 1);
+        assert_eq!(turns, 2 * n / NOTICE_SEALS_PER_TURN + 1);
+        let mut seen = std::collections::HashMap::new();
+        for (port, body) in &got {
+            let v = seen.entry(*port).or_insert_with(Vec::new);
+            v.push(String::from_utf8_lossy(body).starts_with("Join"));
+        }
+        assert_eq!(seen[&1000], vec![false], "the joiner hears only the LEAVE");
+        assert!(
+            seen.iter()
+                .all(|(p, v)| *p == 1000 || *v == vec![true, false])
+        );
+    }
+
+    #[test]
+    fn shutdown_goes_out_at_once_and_drops_the_backlog() {
+        let mut w = world(0, NOTICE_SEALS_PER_TURN + 10);
+        let mut u = Unicast::default();
+        let mut cx = w.cx();
+        u.announce(&mut cx, None, &Body::Leave { id: 9, reason: 0 });
+        assert_eq!(u.backlog(), 1);
+        u.announce(&mut cx, None, &Body::Shutdown);
+        assert_eq!(u.backlog(), 0);
+        assert_eq!(
+            w.out.transmits().count(),
+            2 * NOTICE_SEALS_PER_TURN + 10,
+            "the budget does not hold back the last words"
+        );
+    }
+
+    #[test]
     fn a_missing_sender_relays_nothing() {
         let mut w = world(0, 2);
-        assert_eq!(Unicast.relay(&mut w.cx(), 7, b"x"), 0);
+        assert_eq!(Unicast::default().relay(&mut w.cx(), 7, b"x"), 0);
         assert!(!w.out.has_transmits());
-        assert_eq!(Unicast.mode(), "unicast");
+        assert_eq!(Unicast::default().mode(), "unicast");
     }
 }

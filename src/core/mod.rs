@@ -11,6 +11,7 @@ mod distribution;
 mod events;
 mod group;
 mod handshake;
+pub mod histogram;
 mod outbox;
 pub(crate) mod ratelimit;
 mod relay;
@@ -25,6 +26,7 @@ use std::time::Instant;
 
 pub use crate::config::{Config, ConfigError, MAX_ADMISSION_TOKEN, valid_name, valid_token};
 pub use events::RelayEvent;
+pub use histogram::{Histogram, Histograms};
 pub use relay::{GAUGES, KickTarget, RelayCore};
 pub use session::ClientInfo;
 pub use stats::{DropReason, Metric, MetricKind, Stats};

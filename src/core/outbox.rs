@@ -125,7 +125,7 @@ impl Outbox {
             let mut frag = std::mem::take(&mut self.frag);
             frag.clear();
             s.channel.seal_into(&iv, unix, plain, &mut frag);
-            let msg_id = s.channel.next_msg_id();
+            let msg_id = s.channel.next_msg_id(rng);
             for (i, chunk) in frag.chunks(FRAGMENT_CHUNK).enumerate() {
                 let start = self.buf.len();
                 wire::put_fragment(&mut self.buf, msg_id, i as u16, n as u16, chunk);
@@ -158,7 +158,7 @@ impl Outbox {
             stats.count_drop(DropReason::SendQueueFull);
             return Sealed::Dropped;
         }
-        let msg_id = s.channel.next_msg_id();
+        let msg_id = s.channel.next_msg_id(rng);
         let mut piece = std::mem::take(&mut self.frag);
         for (i, chunk) in fragment::chunks(body).enumerate() {
             piece.clear();
@@ -324,6 +324,7 @@ mod tests {
         let now = Instant::now();
         Session {
             id: 1,
+            serial: 0,
             addr: addr(9),
             channel: Channel::new(version, FernetKey::from_bytes(&[8; 32]), &mut rng),
             name: None,

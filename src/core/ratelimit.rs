@@ -177,6 +177,25 @@ impl HandshakeBudget {
         Ok(())
     }
 
+    /// As [`HandshakeBudget::try_spend`], for a registration that takes the queue place of
+    /// another (which already paid the global budget): only `ip`'s own bucket is charged.
+    pub(crate) fn try_spend_replacing(
+        &mut self,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), BudgetError> {
+        let slot = self.slot(ip);
+        let taken = self
+            .sources
+            .get_mut(slot)
+            .is_some_and(|src| src.try_take(now));
+        if taken {
+            Ok(())
+        } else {
+            Err(BudgetError::PerSource)
+        }
+    }
+
     /// Index of `ip`'s per-source bucket.
     fn slot(&self, ip: IpAddr) -> usize {
         let mut h = DefaultHasher::new();
@@ -199,13 +218,15 @@ impl HandshakeBudget {
 
 const _: () = assert!(PER_SOURCE_SLOTS.is_power_of_two());
 
-#[derive(Debug, PartialEq, Eq)]
-enum SourceKey {
+/// What counts as one source: an IPv4 address, or an IPv6 /64 (one host's share of a LAN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SourceKey {
     V4([u8; 4]),
     V6Prefix([u8; 8]),
 }
 
-fn source_key(ip: IpAddr) -> SourceKey {
+/// The source `ip` belongs to.
+pub(crate) fn source_key(ip: IpAddr) -> SourceKey {
     match ip {
         IpAddr::V4(v4) => SourceKey::V4(v4.octets()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

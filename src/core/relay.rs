@@ -24,6 +24,7 @@ use super::distribution::{Cx, Strategy, Unicast};
 use super::events::{Events, RelayEvent};
 use super::group::Group;
 use super::handshake::{Handshake, PendingReg, RegisterContext, Registration, reject};
+use super::histogram::Histograms; // monitoring hook
 use super::outbox::Outbox;
 use super::ratelimit::HandshakeBudget;
 use super::session::{ClientInfo, Liveness, Sessions};
@@ -109,6 +110,11 @@ pub const GAUGES: &[Metric] = &[
         help: "Version-3 members that have not acknowledged the current group key.",
         kind: MetricKind::Gauge,
     },
+    Metric {
+        name: "notice_backlog",
+        help: "JOIN and LEAVE notices still being sent (a burst is spread over loop turns).",
+        kind: MetricKind::Gauge,
+    },
 ];
 
 /// The relay core. One owner; every method takes `&mut self` and the current time.
@@ -139,6 +145,8 @@ pub struct RelayCore {
     /// Plaintext being sealed for recipients (SEQ patched per recipient).
     seal_buf: Vec<u8>,
     shut_down: bool,
+    /// Handshake latency and message sizes (monitoring hook).
+    hist: Histograms,
 }
 
 impl RelayCore {
@@ -156,7 +164,7 @@ impl RelayCore {
         let mut timers = TimerWheel::new(now, Duration::from_millis(10), 1024);
         timers.insert(now + handshake.rotation(), Timer::CookieRotation);
         let dist: Box<dyn Strategy> = match &cfg.distribution {
-            Distribution::Unicast => Box::new(Unicast),
+            Distribution::Unicast => Box::new(Unicast::default()),
             Distribution::Group(g) => Box::new(Group::new(g.clone(), &mut rng, now)),
         };
         let notices = HandshakeBudget::new(NOTICES_PER_SEC, 1, now, rng.next_u64());
@@ -182,6 +190,7 @@ impl RelayCore {
             token: Vec::with_capacity(2048),
             seal_buf: Vec::with_capacity(2048),
             shut_down: false,
+            hist: Histograms::default(),
         })
     }
 
@@ -249,8 +258,18 @@ impl RelayCore {
             u64::from(self.dist.mode() == "group"),
             u64::from(self.dist.epoch()),
             self.dist.pending_acks() as u64,
+            self.dist.backlog() as u64,
         ];
         GAUGES.iter().zip(values)
+    }
+    /// Handshake latency and message-size histograms (monitoring hook).
+    pub fn histograms(&self) -> &Histograms {
+        &self.hist
+    }
+    /// For the host to stamp a registration's end (monitoring hook; see
+    /// [`Histograms::stamp_registration`]).
+    pub fn histograms_mut(&mut self) -> &mut Histograms {
+        &mut self.hist
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -306,6 +325,7 @@ impl RelayCore {
                 let cx = RegisterContext {
                     has_session: self.sessions.slot_of(&from).is_some(),
                     full: self.sessions.len() >= self.cfg.max_clients,
+                    source_full: self.sessions.count_from(&from) >= self.cfg.max_clients_per_source,
                     modulus_len: self.key.modulus_len(),
                 };
                 self.handshake
@@ -452,6 +472,7 @@ impl RelayCore {
                     s.bytes_in += wire_len as u64;
                 }
                 self.tel.stats.messages_in += 1;
+                self.hist.relayed(data.len()); // monitoring hook
                 let (dist, mut cx) = self.split(now);
                 let n = dist.relay(&mut cx, slot, data);
                 self.tel.stats.deliveries += n;
@@ -536,6 +557,13 @@ impl RelayCore {
 
     // ---------------------------------------------------------------- registrations
 
+    /// The host measured `d` of wall time for RSA decryptions (counter `rsa_microseconds`).
+    pub fn count_rsa_time(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let s = &mut self.tel.stats;
+        s.rsa_microseconds = s.rsa_microseconds.saturating_add(us);
+    }
+
     /// Run up to `max` queued RSA decryptions. Returns how many ran.
     pub fn process_registrations(&mut self, now: Instant, max: usize) -> usize {
         let mut n = 0;
@@ -576,16 +604,34 @@ impl RelayCore {
             info!("client {} at {from} re-registered with a new key", s.id);
             self.remove_session(now, slot, LeaveReason::Replaced, true);
         }
-        if self.sessions.len() >= self.cfg.max_clients {
+        // One session per admission name: a name registering again (from another address, a
+        // restarted client) replaces its older session, as a new key from one address does.
+        if let Some(name) = &r.name
+            && let Some(old) = self.sessions.slot_of_name(name)
+        {
+            info!("client {name} registered again from {from}: its older session ends");
+            self.remove_session(now, old, LeaveReason::Replaced, true);
+        }
+        let full = if self.sessions.count_from(&from) >= self.cfg.max_clients_per_source {
+            Some((
+                DropReason::SourceFull,
+                "too many sessions from this address",
+            ))
+        } else if self.sessions.len() >= self.cfg.max_clients {
+            Some((DropReason::RelayFull, "relay full"))
+        } else {
+            None
+        };
+        if let Some((d, why)) = full {
             self.tel.stats.handshakes_failed += 1;
-            self.tel.dropped(now, from, DropReason::RelayFull);
+            self.tel.dropped(now, from, d);
             let (out, stats) = (&mut self.out, &mut self.tel.stats);
             return reject(
                 out,
                 stats,
                 from,
                 RejectCode::RelayFull,
-                "relay full",
+                why,
                 reg.request_len(),
             );
         }
@@ -608,8 +654,14 @@ impl RelayCore {
                 .unwrap_or_default(),
             self.sessions.len()
         );
+        self.hist.registered(now, reg.arrived); // monitoring hook
         self.send_welcome(now, slot);
         self.send_members(now, slot);
+        self.announce_join(now, slot, id, name);
+    }
+
+    /// Tell the others, the strategy and the host that the session in `slot` joined.
+    fn announce_join(&mut self, now: Instant, slot: usize, id: u32, name: Option<String>) {
         let join = Body::Join {
             id,
             name: name.as_deref().map(str::as_bytes),
@@ -617,11 +669,10 @@ impl RelayCore {
         let (dist, mut cx) = self.split(now);
         dist.announce(&mut cx, Some(slot), &join);
         dist.joined(&mut cx, slot, false);
-        self.events.push(RelayEvent::Joined {
-            id,
-            addr: from,
-            name,
-        });
+        let Some(addr) = self.sessions.get(slot).map(|s| s.addr) else {
+            return;
+        };
+        self.events.push(RelayEvent::Joined { id, addr, name });
     }
 
     fn send_welcome(&mut self, now: Instant, slot: usize) {
@@ -774,6 +825,12 @@ impl RelayCore {
         if self.handshake.pending_len() > 0 {
             return Some(self.start); // registrations waiting: come back at once
         }
+        self.next_timer()
+    }
+
+    /// [`RelayCore::poll_timeout`] leaving out waiting registrations, for a host that
+    /// schedules the RSA work itself (the driver runs it within a share of its time).
+    pub fn next_timer(&self) -> Option<Instant> {
         match (self.timers.next_deadline(), self.dist.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::ratelimit::{SourceKey, source_key};
 use crate::proto::channel::Channel;
 
 /// One registered client.
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) id: u32,
+    /// Order of admission, never reused (ids may wrap; this does not).
+    pub(crate) serial: u64,
     pub(crate) addr: SocketAddr,
     pub(crate) channel: Channel,
     pub(crate) name: Option<String>,
@@ -82,7 +85,10 @@ pub(crate) enum Liveness {
 pub(crate) struct Sessions {
     slab: Slab<Session>,
     by_addr: HashMap<SocketAddr, usize>,
+    /// Sessions per source (IPv4 address, IPv6 /64).
+    per_source: HashMap<SourceKey, usize>,
     next_id: u32,
+    next_serial: u64,
 }
 
 impl Sessions {
@@ -90,7 +96,9 @@ impl Sessions {
         Sessions {
             slab: Slab::new(),
             by_addr: HashMap::new(),
+            per_source: HashMap::new(),
             next_id: 1,
+            next_serial: 0,
         }
     }
 
@@ -99,6 +107,11 @@ impl Sessions {
     }
 
     /// Every occupied slot is below this.
+    /// The serial the next admitted session will get: every current session's is below it.
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.next_serial
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         self.slab.capacity()
     }
@@ -111,6 +124,14 @@ impl Sessions {
         self.slab.get_mut(slot)
     }
 
+    /// Sessions from the source `addr` belongs to.
+    pub(crate) fn count_from(&self, addr: &SocketAddr) -> usize {
+        self.per_source
+            .get(&source_key(addr.ip()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub(crate) fn slot_of(&self, addr: &SocketAddr) -> Option<usize> {
         self.by_addr.get(addr).copied()
     }
@@ -118,6 +139,14 @@ impl Sessions {
     /// The slot of client `id` (a scan: operator actions only).
     pub(crate) fn slot_of_id(&self, id: u32) -> Option<usize> {
         self.slab.iter().find(|(_, s)| s.id == id).map(|(k, _)| k)
+    }
+
+    /// The slot of the session admitted under `name` (a scan: registrations only).
+    pub(crate) fn slot_of_name(&self, name: &str) -> Option<usize> {
+        self.slab
+            .iter()
+            .find(|(_, s)| s.name.as_deref() == Some(name))
+            .map(|(k, _)| k)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Session)> + '_ {
@@ -136,8 +165,11 @@ impl Sessions {
         debug_assert!(!self.by_addr.contains_key(&addr));
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
+        let serial = self.next_serial;
+        self.next_serial += 1;
         let slot = self.slab.insert(Session {
             id,
+            serial,
             addr,
             channel,
             name,
@@ -149,6 +181,7 @@ impl Sessions {
             bytes_out: 0,
         });
         self.by_addr.insert(addr, slot);
+        *self.per_source.entry(source_key(addr.ip())).or_default() += 1;
         slot
     }
 
@@ -156,6 +189,13 @@ impl Sessions {
     pub(crate) fn remove(&mut self, slot: usize) -> Option<Session> {
         let s = self.slab.try_remove(slot)?;
         self.by_addr.remove(&s.addr);
+        let key = source_key(s.addr.ip());
+        if let Some(n) = self.per_source.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&key);
+            }
+        }
         Some(s)
     }
 
@@ -164,6 +204,7 @@ impl Sessions {
         let ids = self.slab.iter().map(|(_, s)| s.id).collect();
         self.slab.clear();
         self.by_addr.clear();
+        self.per_source.clear();
         ids
     }
 
@@ -219,8 +260,10 @@ mod tests {
         let c = s.insert(addr(3), channel(), None, now);
         assert_eq!(c, a);
         assert_eq!(s.get(c).map(|x| x.id), Some(3));
+        assert_eq!(s.count_from(&addr(7)), 2, "both on 127.0.0.1");
         assert_eq!(s.clear(), vec![3, 2]);
         assert_eq!(s.len(), 0);
+        assert_eq!(s.count_from(&addr(7)), 0);
         assert_eq!(s.slot_of(&addr(2)), None);
     }
 

@@ -34,11 +34,26 @@ pub struct Metric {
 }
 
 impl Metric {
-    /// The Prometheus family name: `mcrelay_<name>`, plus `_total` for counters.
+    /// The Prometheus family name: `mcrelay_<name>`, plus `_total` for counters. A
+    /// `_microseconds` figure is exposed in the base unit, as `_seconds`
+    /// ([`Metric::prometheus_value`]).
     pub fn prometheus_name(&self) -> String {
+        let name = match self.name.strip_suffix("_microseconds") {
+            Some(base) => format!("{base}_seconds"),
+            None => self.name.to_string(),
+        };
         match self.kind {
-            MetricKind::Counter => format!("mcrelay_{}_total", self.name),
-            MetricKind::Gauge => format!("mcrelay_{}", self.name),
+            MetricKind::Counter => format!("mcrelay_{name}_total"),
+            MetricKind::Gauge => format!("mcrelay_{name}"),
+        }
+    }
+
+    /// The value `v` as Prometheus shows it: microseconds in seconds, the rest as it is.
+    pub fn prometheus_value(&self, v: u64) -> String {
+        if self.name.ends_with("_microseconds") {
+            format!("{}.{:06}", v / 1_000_000, v % 1_000_000)
+        } else {
+            v.to_string()
         }
     }
 }
@@ -75,6 +90,7 @@ counters! {
     deliveries, Counter, "Message copies sent to recipients (a message to N-1 peers counts N-1).";
     handshakes_ok, Counter, "Registrations completed (WELCOME sent).";
     handshakes_failed, Counter, "Registrations refused after their cookie was checked.";
+    rsa_microseconds, Counter, "Wall time spent in RSA decryptions, in microseconds (Prometheus: seconds; measured by the driver).";
     cookies_sent, Counter, "COOKIE answers sent to HELLOs.";
     keepalives, Counter, "Keep-alives answered.";
     fragments_in, Counter, "Fragments received from clients.";
@@ -127,6 +143,7 @@ drop_reasons! {
     BadRegistration => "bad_registration", "OAEP decryption failed or the key is invalid";
     NotAdmitted => "not_admitted", "admission token missing or wrong";
     RelayFull => "relay_full", "max clients reached";
+    SourceFull => "source_full", "max clients from one source address (IPv6: /64) reached";
     UnknownSender => "unknown_sender", "sealed message or fragment from an address with no session";
     BadToken => "bad_token", "Fernet token failed (HMAC, format or padding)";
     TokenExpired => "token_expired", "Fernet timestamp older than the TTL";
@@ -136,7 +153,7 @@ drop_reasons! {
     FragmentDuplicate => "fragment_duplicate", "fragment index already held";
     FragmentLimit => "fragment_limit", "reassembly memory cap reached";
     ReassemblyTimeout => "reassembly_timeout", "reassembly not complete in time";
-    ReassemblyEvicted => "reassembly_evicted", "reassembly evicted for a smaller holder (global cap full)";
+    ReassemblyEvicted => "reassembly_evicted", "reassembly evicted for a newer one of its owner, or for a smaller holder (global cap full)";
     SendQueueFull => "send_queue_full", "outgoing queue full";
     SendFailed => "send_failed", "the kernel refused an outgoing datagram";
 }

@@ -15,6 +15,8 @@ pub mod batch;
 pub(crate) mod batch;
 mod control;
 pub mod logtap;
+pub mod monitor;
+mod share;
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -28,8 +30,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use self::control::ControlServer;
 use self::logtap::{LogLine, LogTap};
+use self::monitor::Monitor;
+use self::share::RsaShare;
 use crate::config::{Config, NetConfig};
-use crate::control::{Context, max_log_level};
+use crate::control::max_log_level;
 use crate::core::{ClientInfo, KickTarget, RelayCore, RelayEvent, Stats};
 use crate::crypto::key::ServerKey;
 use crate::crypto::rng::Rng;
@@ -37,8 +41,6 @@ use crate::error::Error;
 
 /// Datagrams read per readiness event before other sources get a turn.
 const READ_BUDGET: usize = 256;
-/// RSA decryptions per loop turn; more wait for the next turn (relaying goes first).
-const REGISTRATIONS_PER_TURN: usize = 4;
 
 /// The tokens the relay uses: `[start, start + len)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +140,8 @@ pub struct Relay {
     mcast: UdpSocket,
     ucast: UdpSocket,
     control: Option<ControlServer>,
+    /// The HTTP monitor (`net.monitor`), on the tokens after the control connections.
+    monitor: Option<Monitor>,
     tokens: TokenRange,
     log_tap: Option<LogTap>,
     log_lines: Vec<LogLine>,
@@ -148,6 +152,10 @@ pub struct Relay {
     base_log_level: log::LevelFilter,
     /// The last read stopped at READ_BUDGET, not WouldBlock: read again before sleeping.
     read_more: bool,
+    /// RSA's share of the loop's time; one decryption a turn at most.
+    rsa: RsaShare,
+    /// The turn (its `now`) that ran a decryption last.
+    rsa_turn: Option<Instant>,
     stop_requested: bool,
     stop_reported: bool,
     stopped: bool,
@@ -205,9 +213,10 @@ impl Relay {
     }
 
     /// How many tokens a relay with these settings uses: the group socket, the reply
-    /// socket, the control listener and one per control connection.
+    /// socket, the control listener and one per control connection; with the monitor on,
+    /// its listener and one per monitor connection.
     pub fn tokens_needed(net: &NetConfig) -> usize {
-        3 + net.max_control
+        3 + net.max_control + net.monitor.as_ref().map_or(0, Monitor::tokens_needed)
     }
 
     fn open(
@@ -216,8 +225,9 @@ impl Relay {
         registry: &Registry,
         tokens: TokenRange,
         log_tap: Option<LogTap>,
-        _now: Instant,
+        now: Instant,
     ) -> Result<Relay, Error> {
+        let rsa_percent = core.config().handshake_cpu_percent;
         let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
         let mut ucast = UdpSocket::from_std(unicast_socket(&net)?);
         let t = |i: usize| Token(tokens.start + i);
@@ -229,16 +239,18 @@ impl Relay {
             .map_err(Error::io("register"))?;
         let control = match net.control {
             Some(addr) => Some(
-                ControlServer::new(
-                    registry,
-                    addr,
-                    t(2),
-                    tokens.start + 3,
-                    net.max_control,
-                    net.control_token.clone(),
-                )
-                .map_err(Error::io("bind the control port"))?,
+                ControlServer::new(registry, addr, t(2), tokens.start + 3, &net, now)
+                    .map_err(Error::io("bind the control port"))?,
             ),
+            None => None,
+        };
+        let monitor = match &net.monitor {
+            Some(m) => Some(Monitor::open(
+                registry,
+                m,
+                tokens.start + 3 + net.max_control,
+                now,
+            )?),
             None => None,
         };
         let reply_from = ucast.local_addr().map(|a| a.to_string());
@@ -261,6 +273,7 @@ impl Relay {
             mcast,
             ucast,
             control,
+            monitor,
             tokens,
             log_tap,
             log_lines: Vec::new(),
@@ -268,6 +281,8 @@ impl Relay {
             manage_log_level: false,
             base_log_level: log::max_level(),
             read_more: false,
+            rsa: RsaShare::new(rsa_percent, now),
+            rsa_turn: None,
             stop_requested: false,
             stop_reported: false,
             stopped: false,
@@ -320,6 +335,11 @@ impl Relay {
         self.control.as_ref().map(ControlServer::local_addr)
     }
 
+    /// The monitor's bound address, when it is on (useful with port 0).
+    pub fn monitor_addr(&self) -> Option<SocketAddr> {
+        self.monitor.as_ref().map(Monitor::local_addr)
+    }
+
     /// The address relay replies come from.
     pub fn reply_addr(&self) -> io::Result<SocketAddr> {
         self.ucast.local_addr()
@@ -349,6 +369,14 @@ impl Relay {
     /// Handle one readiness event for one of our tokens (others, stale and spurious events
     /// are ignored).
     pub fn handle_event(&mut self, registry: &Registry, event: &Event, now: Instant) {
+        if let Some(m) = &mut self.monitor
+            && m.owns(event.token())
+            && !self.stopped
+        {
+            // The monitor reads closed and errored sockets from the event itself.
+            m.handle_event(registry, event, now);
+            return self.after_io(registry, now);
+        }
         self.handle_ready(
             registry,
             event.token(),
@@ -371,11 +399,16 @@ impl Relay {
             return;
         }
         match token.0 - self.tokens.start {
+            _ if self.monitor.as_ref().is_some_and(|m| m.owns(token)) => {
+                if let Some(m) = &mut self.monitor {
+                    m.handle_ready(registry, token, readable, writable, now);
+                }
+            }
             0 => self.read_datagrams(now),
             1 => {} // writable: flushed below
             2 => {
                 if let Some(c) = &mut self.control {
-                    c.accept(registry);
+                    c.accept(registry, now);
                 }
             }
             _ if readable || !writable => self.read_control(token, now),
@@ -389,18 +422,7 @@ impl Relay {
         let Some(key) = c.owns_conn(token) else {
             return;
         };
-        let local = c.local_addr();
-        let token_str = c.token().map(str::to_owned);
-        let mut cx = Context {
-            core: &mut self.core,
-            net: &self.net,
-            control_addr: Some(local),
-            token: token_str.as_deref(),
-            now,
-            shutdown_requested: false,
-        };
-        c.read(key, &mut cx);
-        if cx.shutdown_requested {
+        if c.read(key, &mut self.core, &self.net, now) {
             self.stop_requested = true;
         }
     }
@@ -435,11 +457,47 @@ impl Relay {
         self.read_more = true;
     }
 
-    /// Work that follows any input: RSA (bounded), sends, logs.
+    /// Work that follows any input: RSA (bounded), sends, logs, monitor requests (bounded).
     fn after_io(&mut self, registry: &Registry, now: Instant) {
-        self.core.process_registrations(now, REGISTRATIONS_PER_TURN);
+        self.run_registration(now);
         self.flush_transmits();
-        self.flush_control(registry);
+        self.flush_control(registry, now);
+        if let Some(m) = &mut self.monitor {
+            let control = self.control.as_ref().map(ControlServer::counters);
+            m.serve(
+                &self.core,
+                control,
+                self.stop_requested || self.stopped,
+                now,
+            );
+        }
+    }
+
+    /// At most one RSA decryption per loop turn, only once the group socket is drained (what
+    /// registered clients sent goes first), and only within the CPU share
+    /// (`handshake_cpu_percent`). The clock is read around it: the share and the handshake
+    /// histogram count the decryption itself.
+    fn run_registration(&mut self, turn: Instant) {
+        if self.read_more || self.rsa_turn == Some(turn) || self.core.pending_registrations() == 0 {
+            return;
+        }
+        let start = Instant::now();
+        if !self.rsa.may_run(start) {
+            return;
+        }
+        self.rsa_turn = Some(turn);
+        if self.core.process_registrations(start, 1) > 0 {
+            let end = Instant::now();
+            self.rsa.spend(end.saturating_duration_since(start));
+            self.core
+                .count_rsa_time(end.saturating_duration_since(start));
+            self.core.histograms_mut().stamp_registration(end);
+        }
+    }
+
+    /// Wall time spent on RSA decryptions since the relay started.
+    pub fn rsa_time(&self) -> Duration {
+        self.rsa.spent()
     }
 
     fn flush_transmits(&mut self) {
@@ -458,7 +516,7 @@ impl Relay {
         }
     }
 
-    fn flush_control(&mut self, registry: &Registry) {
+    fn flush_control(&mut self, registry: &Registry, now: Instant) {
         if let Some(tap) = &self.log_tap {
             self.log_lines.clear();
             let dropped = tap.drain_into(&mut self.log_lines);
@@ -469,7 +527,7 @@ impl Relay {
             }
         }
         if let Some(c) = &mut self.control {
-            c.flush(registry);
+            c.flush(registry, now);
             if self.manage_log_level {
                 // Stream only what someone reads: drop the global level back when operators
                 // lower theirs or leave.
@@ -483,13 +541,22 @@ impl Relay {
 
     /// The next instant the host must call [`Relay::handle_timeout`], if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.read_more || self.stop_requested {
+        let control = self.control.as_ref();
+        let control_more = control.is_some_and(ControlServer::wants_more);
+        if self.read_more || self.stop_requested || control_more {
             return Some(Instant::now().min(self.core.poll_timeout().unwrap_or(Instant::now())));
         }
-        self.core.poll_timeout()
+        let monitor = self.monitor.as_ref().and_then(Monitor::poll_timeout);
+        let control = control.and_then(ControlServer::next_deadline);
+        // Waiting registrations: when the RSA share has credit again.
+        let rsa = (self.core.pending_registrations() > 0).then(|| self.rsa.ready_at());
+        [self.core.next_timer(), rsa, control, monitor]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Run timers (harmless when early), continue an interrupted read, flush.
+    /// Run timers (harmless when early), continue interrupted reads, flush.
     pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) {
         if self.stopped {
             return;
@@ -498,7 +565,15 @@ impl Relay {
         if self.read_more {
             self.read_datagrams(now);
         }
+        if let Some(c) = &mut self.control
+            && c.handle_timeout(registry, &mut self.core, &self.net, now)
+        {
+            self.stop_requested = true;
+        }
         self.after_io(registry, now);
+        if let Some(m) = &mut self.monitor {
+            m.handle_timeout(registry, now);
+        }
     }
 
     /// Graceful stop: clients get SHUTDOWN, operators a last line, the group is left and
@@ -520,10 +595,16 @@ impl Relay {
         if left > 0 {
             warn!("shutdown: {left} notices could not be sent");
         }
-        self.flush_control(registry);
+        self.flush_control(registry, now);
         if let Some(c) = &mut self.control {
             c.broadcast_line("LOG INFO relay stopped");
-            c.close_all(registry);
+            c.close_all(registry, now);
+        }
+        if let Some(m) = &mut self.monitor {
+            // What is already asked is answered (`/healthz`: 503 stopping), then closed.
+            let control = self.control.as_ref().map(ControlServer::counters);
+            m.serve(&self.core, control, true, now);
+            m.close_all(registry);
         }
         if let Err(e) = self
             .mcast

@@ -13,24 +13,23 @@ use crate::proto::replay::ReplayWindow;
 /// A session's channel state. One per session, on each side.
 #[derive(Debug)]
 pub struct Channel {
-    /// Protocol version: 1 carries tokens as base64 text, 2 in binary.
+    /// Protocol version: 1 carries tokens as base64 text, 2 and 3 in binary.
     version: u16,
     key: FernetKey,
     rx: ReplayWindow,
     tx_seq: u64,
-    next_msg_id: u32,
+    last_msg_id: u32,
 }
 
 impl Channel {
-    /// A fresh channel under `key` for protocol `version`. The first fragment id is drawn from
-    /// `rng`, so that a spoofer cannot aim fragments at the next message.
+    /// A fresh channel under `key` for protocol `version`.
     pub fn new(version: u16, key: FernetKey, rng: &mut Rng) -> Channel {
         Channel {
             version,
             key,
             rx: ReplayWindow::new(),
             tx_seq: 0,
-            next_msg_id: rng.next_u64() as u32,
+            last_msg_id: rng.next_u64() as u32,
         }
     }
 
@@ -79,10 +78,15 @@ impl Channel {
         self.tx_seq
     }
 
-    /// The fragment id for the next fragmented message sent.
-    pub fn next_msg_id(&mut self) -> u32 {
-        self.next_msg_id = self.next_msg_id.wrapping_add(1);
-        self.next_msg_id
+    /// The fragment id for the next fragmented message sent: random each time (never the
+    /// previous one), so that a spoofer who saw one cannot aim a FRAGMENT at the next.
+    pub fn next_msg_id(&mut self, rng: &mut Rng) -> u32 {
+        let mut id = rng.next_u64() as u32;
+        if id == self.last_msg_id {
+            id = id.wrapping_add(1);
+        }
+        self.last_msg_id = id;
+        id
     }
 
     /// Length of the token this channel makes of a `plain_len`-byte plaintext.
@@ -148,15 +152,18 @@ mod tests {
     }
 
     #[test]
-    fn fragment_ids_do_not_start_at_a_guessable_value() {
-        let mut ids: Vec<u32> = (0..8u8)
-            .map(|s| {
-                let mut rng = Rng::from_seed([s; 32]);
-                Channel::new(2, FernetKey::from_bytes(&[0; 32]), &mut rng).next_msg_id()
-            })
-            .collect();
-        ids.sort();
-        ids.dedup();
-        assert_eq!(ids.len(), 8);
+    fn fragment_ids_are_not_guessable_from_the_previous_one() {
+        let mut rng = Rng::from_seed([9; 32]);
+        let mut c = Channel::new(2, FernetKey::from_bytes(&[0; 32]), &mut rng);
+        let ids: Vec<u32> = (0..64).map(|_| c.next_msg_id(&mut rng)).collect();
+        let steps_of_one = ids
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        assert_eq!(steps_of_one, 0);
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ids.len());
     }
 }

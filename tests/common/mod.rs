@@ -89,6 +89,8 @@ pub struct TestRelay {
     pub group: Ipv4Addr,
     pub port: u16,
     pub control: SocketAddr,
+    /// The HTTP monitor's address, when `tweak` turned it on (`net.monitor`).
+    pub monitor: Option<SocketAddr>,
     pub fingerprint: [u8; 32],
     waker: Arc<Waker>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -130,6 +132,8 @@ impl TestRelay {
             max_control: 8,
             control_token: None,
             ttl: 0,
+            monitor: None,
+            ..NetConfig::default()
         };
         tweak(&mut net);
         let key = server_key();
@@ -147,8 +151,8 @@ impl TestRelay {
                 .manage_log_level(true)
                 .build(poll.registry(), Token(10), Instant::now())
                 .expect("relay starts");
-            tx.send((relay.control_addr().unwrap(), waker.clone()))
-                .unwrap();
+            let addrs = (relay.control_addr().unwrap(), relay.monitor_addr());
+            tx.send((addrs, waker.clone())).unwrap();
             let mut events = Events::with_capacity(256);
             loop {
                 if relay.stop_requested() || stop2.load(Ordering::SeqCst) {
@@ -171,11 +175,12 @@ impl TestRelay {
             }
             relay.core().stats().clone()
         });
-        let (control, waker) = rx.recv().expect("relay started");
+        let ((control, monitor), waker) = rx.recv().expect("relay started");
         TestRelay {
             group,
             port,
             control,
+            monitor,
             fingerprint,
             waker,
             stop,

@@ -218,6 +218,34 @@ pub fn control_token(flags: &mut Flags, flag: &'static str) -> Result<Option<Str
     }
 }
 
+/// The monitor's bearer token: `flag` (a file) or `$MCRELAY_MONITOR_TOKEN_FILE`, else the
+/// token itself in `$MCRELAY_MONITOR_TOKEN`.
+pub fn monitor_token(flags: &mut Flags, flag: &'static str) -> Result<Option<String>, UsageError> {
+    let file: Option<PathBuf> = flags.opt(flag, "MCRELAY_MONITOR_TOKEN_FILE")?;
+    match file {
+        Some(p) => Ok(Some(read_token_file(&p)?)),
+        None => Ok(std::env::var("MCRELAY_MONITOR_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())),
+    }
+}
+
+/// A switch's environment value: `on`/`off` (also `1`/`0`, `true`/`false`, `yes`/`no`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnOff(pub bool);
+
+impl FromStr for OnOff {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" | "1" | "true" | "yes" => Ok(OnOff(true)),
+            "off" | "0" | "false" | "no" => Ok(OnOff(false)),
+            _ => Err("expected on or off".into()),
+        }
+    }
+}
+
 /// `ADDR:PORT`, `localhost:PORT` or `off`.
 pub fn parse_control(s: &str) -> Result<Option<SocketAddr>, UsageError> {
     if s == "off" {

@@ -12,11 +12,12 @@ use mcrelay::core::{valid_name, valid_token};
 use mcrelay::crypto::key::{self, ServerKey};
 use mcrelay::driver::logtap::LogTap;
 use mcrelay::proto::reassembly::Limits;
-use mcrelay::{Config, Distribution, GroupConfig, NetConfig, Relay};
+use mcrelay::{Config, Distribution, GroupConfig, MonitorSettings, NetConfig, Relay};
 use mio::{Events, Poll, Token};
 
 use crate::flags::{
-    Dur, Flags, Size, UsageError, config_error, control_token, log_level, parse_control,
+    Dur, Flags, OnOff, Size, UsageError, config_error, control_token, log_level, monitor_token,
+    parse_control,
 };
 use crate::logger::Logger;
 use crate::sys::{keep_stderr_writable, register_signals, sd_notify};
@@ -33,11 +34,19 @@ FLAGS (default; environment variable):
     --control-token-file PATH     require `auth <token>` with the token in PATH (none; MCRELAY_CONTROL_TOKEN_FILE)
                                   or give the token itself in MCRELAY_CONTROL_TOKEN
     --max-control N               simultaneous operators (8; MCRELAY_MAX_CONTROL)
+    --control-auth-timeout DUR    with a token: time to authenticate after connecting (5s; MCRELAY_CONTROL_AUTH_TIMEOUT)
+    --control-idle-timeout DUR    close operators silent this long, unless following the log; 0: never (5m; MCRELAY_CONTROL_IDLE_TIMEOUT)
+    --monitor ADDR:PORT|off       HTTP monitor: /metrics /healthz /stats /clients, e.g. 127.0.0.1:5009 (off; MCRELAY_MONITOR)
+    --monitor-token-file PATH     require `Authorization: Bearer <token>` with the token in PATH (none; MCRELAY_MONITOR_TOKEN_FILE)
+                                  or give the token itself in MCRELAY_MONITOR_TOKEN
+    --max-monitor N               simultaneous monitor connections (8; MCRELAY_MAX_MONITOR)
+    --metrics-per-client          per-client counters on /metrics, label client=\"<id>\" (off; MCRELAY_METRICS_PER_CLIENT=on)
     --key-file PATH               RSA key, PKCS#8 PEM; created (0600) if missing (ephemeral key; MCRELAY_KEY_FILE)
     --key-bits N                  size of a generated key, 2048..4096 (2048; MCRELAY_KEY_BITS)
     --client-timeout DUR          drop clients silent this long (30s; MCRELAY_CLIENT_TIMEOUT)
     --keepalive DUR               keep-alive interval told to clients (10s; MCRELAY_KEEPALIVE)
     --max-clients N               registered clients (1024; MCRELAY_MAX_CLIENTS)
+    --max-clients-per-source N    registered clients from one address, IPv6 /64 (64; MCRELAY_MAX_CLIENTS_PER_SOURCE)
     --reassembly-timeout DUR      incomplete messages expire (5s; MCRELAY_REASSEMBLY_TIMEOUT)
     --reassembly-per-client N     messages in reassembly per client (4; MCRELAY_REASSEMBLY_PER_CLIENT)
     --reassembly-client-bytes SZ  reassembly memory per client (384K; MCRELAY_REASSEMBLY_CLIENT_BYTES)
@@ -46,6 +55,7 @@ FLAGS (default; environment variable):
     --max-clock-skew DUR          newest client token accepted, ahead of our clock (60s; MCRELAY_MAX_CLOCK_SKEW)
     --handshakes-per-sec N        RSA decryptions per second, all sources (200; MCRELAY_HANDSHAKES_PER_SEC)
     --handshakes-per-source N     RSA decryptions per second per IP (10; MCRELAY_HANDSHAKES_PER_SOURCE)
+    --handshake-cpu-percent N     most of the loop's time RSA may take, 1..100 (25; MCRELAY_HANDSHAKE_CPU_PERCENT)
     --clients-file PATH           admit only `name token` lines of PATH (anyone; MCRELAY_CLIENTS_FILE)
     --max-pending-handshakes N    validated REGISTERs waiting for RSA (64; MCRELAY_MAX_PENDING_HANDSHAKES)
     --cookie-lifetime DUR         how long an address cookie is valid (30s; MCRELAY_COOKIE_LIFETIME)
@@ -82,9 +92,15 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "control" => "--control",
         "control_token" => "--control-token-file",
         "max_control" => "--max-control",
+        "control_auth_timeout" => "--control-auth-timeout",
+        "control_idle_timeout" => "--control-idle-timeout",
+        "monitor" | "monitor.listen" => "--monitor",
+        "monitor.token" => "--monitor-token-file",
+        "monitor.max_conns" => "--max-monitor",
         "client_timeout" => "--client-timeout",
         "keepalive_interval" => "--keepalive",
         "max_clients" => "--max-clients",
+        "max_clients_per_source" => "--max-clients-per-source",
         "reassembly.timeout" => "--reassembly-timeout",
         "reassembly.per_owner_messages" => "--reassembly-per-client",
         "reassembly.per_owner_bytes" => "--reassembly-client-bytes",
@@ -92,6 +108,7 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "token_ttl" => "--token-ttl",
         "max_clock_skew" => "--max-clock-skew",
         "handshakes_per_sec" => "--handshakes-per-sec",
+        "handshake_cpu_percent" => "--handshake-cpu-percent",
         "handshakes_per_source_per_sec" => "--handshakes-per-source",
         "max_pending_registrations" => "--max-pending-handshakes",
         "cookie_lifetime" => "--cookie-lifetime",
@@ -117,6 +134,13 @@ fn net_flags(f: &mut Flags) -> Result<NetConfig, UsageError> {
     net.control_token = control_token(f, "--control-token-file")?;
     net.max_control = f.get("--max-control", "MCRELAY_MAX_CONTROL", net.max_control)?;
     net.ttl = f.get("--ttl", "MCRELAY_TTL", net.ttl)?;
+    let env = "MCRELAY_CONTROL_AUTH_TIMEOUT";
+    let auth = f.get("--control-auth-timeout", env, Dur(net.control_auth_timeout))?;
+    net.control_auth_timeout = auth.0;
+    let env = "MCRELAY_CONTROL_IDLE_TIMEOUT";
+    let idle = f.get("--control-idle-timeout", env, Dur(net.control_idle_timeout))?;
+    net.control_idle_timeout = idle.0;
+    net.monitor = monitor_flags(f)?;
     Ok(net)
 }
 
@@ -159,6 +183,26 @@ fn distribution_flags(f: &mut Flags, net: &NetConfig) -> Result<Distribution, Us
     }
 }
 
+fn monitor_flags(f: &mut Flags) -> Result<Option<MonitorSettings>, UsageError> {
+    let mut m = MonitorSettings::default();
+    let listen: String = f.get("--monitor", "MCRELAY_MONITOR", "off".to_string())?;
+    let listen = parse_control(&listen)
+        .map_err(|_| UsageError(format!("--monitor: {listen:?} is not ADDR:PORT or off")))?;
+    m.token = monitor_token(f, "--monitor-token-file")?;
+    m.max_conns = f.get("--max-monitor", "MCRELAY_MAX_MONITOR", m.max_conns)?;
+    let env = "MCRELAY_METRICS_PER_CLIENT";
+    let from_env = match std::env::var(env) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.parse::<OnOff>()
+                .map_err(|e| UsageError(format!("${env}: invalid value {v:?}: {e}")))?
+                .0
+        }
+        _ => false,
+    };
+    m.per_client_metrics = f.switch("--metrics-per-client") || from_env;
+    Ok(listen.map(|listen| MonitorSettings { listen, ..m }))
+}
+
 fn reassembly_flags(f: &mut Flags) -> Result<Limits, UsageError> {
     let mut l = Limits::default();
     let timeout = f.get(
@@ -197,6 +241,8 @@ fn core_flags(f: &mut Flags) -> Result<Config, UsageError> {
     )?;
     c.keepalive_interval = dur(f, "--keepalive", "MCRELAY_KEEPALIVE", c.keepalive_interval)?;
     c.max_clients = f.get("--max-clients", "MCRELAY_MAX_CLIENTS", c.max_clients)?;
+    let (per, env) = (c.max_clients_per_source, "MCRELAY_MAX_CLIENTS_PER_SOURCE");
+    c.max_clients_per_source = f.get("--max-clients-per-source", env, per)?;
     c.reassembly = reassembly_flags(f)?;
     c.token_ttl = dur(f, "--token-ttl", "MCRELAY_TOKEN_TTL", c.token_ttl)?;
     c.max_clock_skew = dur(
@@ -209,6 +255,8 @@ fn core_flags(f: &mut Flags) -> Result<Config, UsageError> {
     c.handshakes_per_sec = f.get("--handshakes-per-sec", "MCRELAY_HANDSHAKES_PER_SEC", hs)?;
     let env = "MCRELAY_HANDSHAKES_PER_SOURCE";
     c.handshakes_per_source_per_sec = f.get("--handshakes-per-source", env, hs_src)?;
+    let (env, cpu) = ("MCRELAY_HANDSHAKE_CPU_PERCENT", c.handshake_cpu_percent);
+    c.handshake_cpu_percent = f.get("--handshake-cpu-percent", env, cpu)?;
     let clients_file: Option<PathBuf> = f.opt("--clients-file", "MCRELAY_CLIENTS_FILE")?;
     let pending = c.max_pending_registrations;
     let env = "MCRELAY_MAX_PENDING_HANDSHAKES";
