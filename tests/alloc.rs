@@ -12,7 +12,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mcrelay::client::{ClientSession, Event};
@@ -36,6 +36,10 @@ thread_local! {
 }
 static TRACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 const MAX_TRACES: usize = 5;
+/// `MCRELAY_ALLOC_BACKTRACE` is set. Read by [`counted`] before it switches counting on, never
+/// inside the allocator: `env::var_os` allocates the value it returns, and calling it from
+/// `note` recursed into `note` until the stack overflowed.
+static BACKTRACES: OnceLock<bool> = OnceLock::new();
 
 fn note(size: usize) {
     let on = ON.try_with(|o| o.get()).unwrap_or(false);
@@ -44,7 +48,7 @@ fn note(size: usize) {
     }
     COUNT.with(|c| c.set(c.get() + 1));
     BYTES.with(|b| b.set(b.get() + size as u64));
-    if std::env::var_os("MCRELAY_ALLOC_BACKTRACE").is_some() {
+    if BACKTRACES.get().copied().unwrap_or(false) {
         // Off while capturing: the backtrace itself allocates.
         ON.with(|o| o.set(false));
         if let Ok(mut t) = TRACES.lock()
@@ -80,6 +84,7 @@ static GLOBAL: Counting = Counting;
 
 /// Run `f` with allocation counting on.
 fn counted<T>(f: impl FnOnce() -> T) -> T {
+    BACKTRACES.get_or_init(|| std::env::var_os("MCRELAY_ALLOC_BACKTRACE").is_some());
     ON.with(|o| o.set(true));
     let r = f();
     ON.with(|o| o.set(false));
