@@ -70,6 +70,9 @@ pub(crate) struct Group {
     tokens_in_epoch: u64,
     /// When the last fresh rekey began, until every member acknowledged it.
     rekey_started: Option<Instant>,
+    /// The sender's name while its message is distributed (the sessions are borrowed
+    /// mutably meanwhile): reused, so that a named sender costs no allocation per message.
+    name: Vec<u8>,
 }
 
 impl Group {
@@ -92,6 +95,7 @@ impl Group {
             epoch_started: now,
             tokens_in_epoch: 0,
             rekey_started: None,
+            name: Vec::new(),
         }
     }
 
@@ -268,13 +272,19 @@ impl Strategy for Group {
         let Some(sender) = cx.sessions.get(from) else {
             return 0;
         };
-        let (id, name) = (sender.id, sender.name.clone());
+        let mut name = std::mem::take(&mut self.name);
+        name.clear();
+        if let Some(n) = &sender.name {
+            name.extend_from_slice(n.as_bytes());
+        }
         let body = Body::Message {
-            sender: id,
-            name: name.as_deref().map(str::as_bytes),
+            sender: sender.id,
+            name: sender.name.is_some().then_some(name.as_slice()),
             data,
         };
-        self.distribute(cx, Some(from), &body)
+        let n = self.distribute(cx, Some(from), &body);
+        self.name = name;
+        n
     }
 
     fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>) {
