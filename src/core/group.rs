@@ -60,7 +60,9 @@ pub(crate) struct Group {
     members: Vec<Option<Member>>,
     /// Capable members that hold the current key (read the group).
     readers: usize,
-    /// Capable members that do not hold the current key.
+    /// Capable members that do not hold the current key: exactly those `poll_timeout` and
+    /// `handle_timeout` look for, so both skip their scan when it is 0. Kept by every change
+    /// of a member's `capable`/`current` (joined, left, key_ack, key_pull, fresh).
     pending: usize,
     /// Version 1 and 2 members (always served by the unicast path).
     legacy: usize,
@@ -407,6 +409,12 @@ impl Strategy for Group {
         if self.fresh_due {
             return Some(self.epoch_started); // in the past: due now
         }
+        let rotate = self.epoch_started + self.cfg.rotate_age;
+        if self.pending == 0 {
+            // The steady state: no member waits for a key, so there is no retry to find. The
+            // driver asks once per loop turn; the scan below costs O(members).
+            return Some(rotate);
+        }
         let retry = self
             .members
             .iter()
@@ -414,7 +422,6 @@ impl Strategy for Group {
             .filter(|m| m.capable && !m.current)
             .map(|m| m.next_send)
             .min();
-        let rotate = self.epoch_started + self.cfg.rotate_age;
         Some(retry.map_or(rotate, |r| r.min(rotate)))
     }
 
@@ -448,3 +455,6 @@ impl Strategy for Group {
         self.pending
     }
 }
+
+#[cfg(test)]
+mod tests;
