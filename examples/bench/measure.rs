@@ -154,8 +154,11 @@ pub fn measure(o: &Opts, sys: Sys, server: &Server) -> Figures {
         main.server_irq / main.received.max(1) as f64 * 1e6,
     ));
     // What the server could sustain if it were the only bottleneck: deliveries per second of
-    // its own thread CPU time, and of thread + irq/softirq time on its core. The honest
-    // comparison when the generator (or the shared machine) saturates first.
+    // its own thread CPU time, and of thread + irq/softirq time on its core (the historical
+    // figures of docs/performance.md). Without irq time accounting the thread's time already
+    // holds the softirq run on its back, so the second counts that twice: there,
+    // server_core_us_per_delivery and perf_core_us_per_delivery (cpu_figures) are the
+    // figures that count everything once.
     f.push((
         "server_bound_deliveries_per_s",
         main.received as f64 / main.server_cpu.max(1e-9),
