@@ -51,6 +51,12 @@ pub struct Config {
     pub admission: Option<HashMap<String, String>>,
     /// How messages reach the members.
     pub distribution: Distribution,
+    /// Federation (docs/federation.md): this relay's id in its cluster, 1..=255. It becomes
+    /// the high byte of every client id the relay gives out, so ids are unique across the
+    /// cluster, and it turns on the record of local joins, leaves and messages that the
+    /// federation publishes. `None` (the default): a single relay, ids from 1 upwards.
+    /// [`RelayBuilder::federation`](crate::RelayBuilder::federation) sets it.
+    pub relay_id: Option<u8>,
 }
 
 /// How messages reach the members (docs/protocol.md §12).
@@ -114,6 +120,7 @@ impl Default for Config {
             max_send_queue: 4 << 20,
             admission: None,
             distribution: Distribution::Unicast,
+            relay_id: None,
         }
     }
 }
@@ -172,6 +179,9 @@ impl Config {
         self.validate_timers()?;
         self.validate_caps()?;
         self.validate_admission()?;
+        if self.relay_id == Some(0) {
+            return Err(ConfigError::new("relay_id", "must be 1..=255"));
+        }
         if let Distribution::Group(g) = &self.distribution {
             g.validate(self.client_timeout)?;
         }

@@ -1310,6 +1310,18 @@ impl NatsClient {
         self.pending_frames.len()
     }
 
+    /// Drop every publish waiting in the queue (counted in `dropped_queue_full`); returns
+    /// how many. What is already in the transmit buffer stays. For a host whose queued
+    /// messages have gone stale (federation: peers have declared this relay lost).
+    pub fn discard_pending(&mut self) -> usize {
+        let n = self.pending_frames.len();
+        self.pending.clear();
+        self.pending_frames.clear();
+        self.pending.shrink_to(PENDING_KEEP);
+        self.stats.dropped_queue_full += n as u64;
+        n
+    }
+
     /// Active subscriptions: (sid, subject).
     pub fn subscriptions(&self) -> impl Iterator<Item = (u64, &str)> + '_ {
         self.subs.iter().map(|(&sid, s)| (sid, s.subject.as_str()))
