@@ -54,8 +54,8 @@ pub struct Config {
     /// Federation (docs/federation.md): this relay's id in its cluster, 1..=255. It becomes
     /// the high byte of every client id the relay gives out, so ids are unique across the
     /// cluster, and it turns on the record of local joins, leaves and messages that the
-    /// federation publishes. `None` (the default): a single relay, ids from 1 upwards.
-    /// [`RelayBuilder::federation`](crate::RelayBuilder::federation) sets it.
+    /// federation publishes. `None` (the default): a single relay, ids from 1 upwards. The
+    /// driver's builder sets it from [`NetConfig::federation`].
     pub relay_id: Option<u8>,
 }
 
@@ -368,6 +368,9 @@ pub struct NetConfig {
     pub control_idle_timeout: Duration,
     /// The HTTP monitor (docs/monitoring.md); `None` (the default) disables it.
     pub monitor: Option<MonitorSettings>,
+    /// Federation over NATS (docs/federation.md); `None` (the default): a single relay. The
+    /// builder gives the core its relay id ([`Config::relay_id`]).
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 /// Most connections the HTTP monitor serves at once.
@@ -425,6 +428,7 @@ impl Default for NetConfig {
             control_auth_timeout: Duration::from_secs(5),
             control_idle_timeout: Duration::from_secs(300),
             monitor: None,
+            federation: None,
         }
     }
 }
@@ -497,6 +501,9 @@ impl NetConfig {
                      (set --control-token-file or MCRELAY_CONTROL_TOKEN, or bind to 127.0.0.1)"
                 ),
             ));
+        }
+        if let Some(f) = &self.federation {
+            f.validate()?;
         }
         match &self.monitor {
             Some(m) => self.validate_monitor(m),

@@ -349,6 +349,12 @@ impl RelayCore {
         self.remote.as_ref().map_or(0, Remote::len)
     }
 
+    /// Bytes of datagrams waiting for the socket (the driver sends remote deliveries when
+    /// they pile up while NATS input is parsed).
+    pub fn send_queue_bytes(&self) -> usize {
+        self.out.queued_bytes()
+    }
+
     /// What the federation last reported of its link.
     pub fn federation_status(&self) -> Option<FederationStatus> {
         self.remote.as_ref().map(|r| r.status)

@@ -64,8 +64,8 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 /// A publish: subject and payload to the NATS client (`NatsLink::publish`).
 pub type Publish<'a> = dyn FnMut(&str, &[u8]) -> Result<(), NatsError> + 'a;
 
-/// Everything a relay needs to join a cluster.
-#[derive(Clone)]
+/// Everything a relay needs to join a cluster (`NetConfig::federation`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct FederationConfig {
     /// This relay's id, 1..=255, unique in the cluster: the high byte of its client ids.
     pub relay_id: u8,

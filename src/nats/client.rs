@@ -78,7 +78,7 @@ impl fmt::Debug for NatsAuth {
 
 /// Everything the client can be told. Check it with [`NatsConfig::validate`] (the client's
 /// constructor does).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsConfig {
     /// Servers to connect to, tried in this order (IP literals: the client does no DNS).
     pub servers: Vec<SocketAddr>,
