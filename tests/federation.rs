@@ -79,6 +79,7 @@ struct RelayProc {
     group: Ipv4Addr,
     port: u16,
     control: SocketAddr,
+    monitor: Option<SocketAddr>,
     log: PathBuf,
     fingerprint: [u8; 32],
 }
@@ -89,6 +90,7 @@ struct RelayOpts<'a> {
     cluster_key: &'a Path,
     group_mode: bool,
     heartbeat: &'a str,
+    monitor: bool,
 }
 
 impl RelayProc {
@@ -118,6 +120,12 @@ impl RelayProc {
         if o.group_mode {
             cmd.args(["--distribution", "group"]);
         }
+        let monitor = o
+            .monitor
+            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        if let Some(m) = monitor {
+            cmd.args(["--monitor", &m.to_string()]);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -130,6 +138,7 @@ impl RelayProc {
             group,
             port,
             control,
+            monitor,
             log,
             fingerprint: files.fingerprint,
         };
@@ -232,6 +241,21 @@ impl RelayProc {
             .iter()
             .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
             .collect()
+    }
+
+    /// `GET path` on the monitor: the body.
+    fn http_get(&self, path: &str) -> String {
+        use std::io::Read;
+        let mut s = TcpStream::connect(self.monitor.expect("monitor on")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
     }
 
     fn rss_kib(&self) -> u64 {
@@ -378,6 +402,7 @@ fn opts<'a>(files: &'a Files, c: &Cluster, id: u8, heartbeat: &'a str) -> RelayO
         cluster_key: &files.cluster_key,
         group_mode: false,
         heartbeat,
+        monitor: false,
     }
 }
 
@@ -394,7 +419,13 @@ fn three_relays_on_three_nats_nodes_carry_short_and_large_messages_exactly_once_
     let cluster = Cluster::start(3);
     let files = Files::new();
     // Relay 2 distributes in group mode: each relay serves its own clients in its own mode.
-    let r1 = RelayProc::start(&files, opts(&files, &cluster, 1, "1s"));
+    let r1 = RelayProc::start(
+        &files,
+        RelayOpts {
+            monitor: true,
+            ..opts(&files, &cluster, 1, "1s")
+        },
+    );
     let r2 = RelayProc::start(
         &files,
         RelayOpts {
@@ -455,6 +486,13 @@ fn three_relays_on_three_nats_nodes_carry_short_and_large_messages_exactly_once_
             r.id
         );
     }
+    let health = r1.http_get("/healthz");
+    let want = format!(
+        "\"nats\":{{\"connected\":true,\"server\":\"{}\",\"pending_bytes\":0,\
+         \"peers_up\":2,\"peers_known\":2,\"remote_clients\":3}}",
+        cluster.addrs()[0]
+    );
+    assert!(health.contains(&want), "/healthz: {health}");
 
     // Everyone sends a short and a large message.
     for x in m.iter_mut() {
