@@ -600,6 +600,7 @@ fn config(s: &Setup) -> Config {
                 .collect()
         }),
         distribution: mcrelay::Distribution::Unicast,
+        relay_id: None,
     }
 }
 
