@@ -649,6 +649,7 @@ fn bench_config(clients: usize) -> Config {
         // One source address (127.0.0.1) for every client: lift the anti-DoS budgets so the
         // join measures the relay's handshake work, not the limiter.
         handshakes_per_sec: 1_000_000,
+        handshake_cpu_percent: 100,
         handshakes_per_source_per_sec: 1_000_000,
         max_clients: clients.max(1024),
         max_clients_per_source: clients.max(1024),
@@ -766,8 +767,10 @@ impl Server {
                     .arg("--key-file")
                     .arg(key_file)
                     .args(["--handshakes-per-sec", "1000000"])
+                    .args(["--handshake-cpu-percent", "100"])
                     .args(["--handshakes-per-source", "1000000"])
-                    .args(["--max-clients", &clients.max(1024).to_string()]);
+                    .args(["--max-clients", &clients.max(1024).to_string()])
+                    .args(["--max-clients-per-source", &clients.max(1024).to_string()]);
                 c
             }
             Sys::Baseline => {

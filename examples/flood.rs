@@ -5,7 +5,9 @@
 //!
 //! The attack is, by default, the handshake flood (issue 4): 2,000 forged REGISTERs a second
 //! (half with forged cookies, half with valid cookies it fetched itself and garbage
-//! ciphertexts, the expensive kind). With `--control-flood MODE`, an attack on the control
+//! ciphertexts, the expensive kind). With `--sources N` (N > 1) it comes from N loopback
+//! addresses (127.0.1.1 onwards), every REGISTER with a fresh valid cookie: the many-source
+//! flood of issue 12 (finding 5), each source within its own handshake budget. With `--control-flood MODE`, an attack on the control
 //! port instead (docs/security.md, "The control port"):
 //!
 //! - `newline`: two connections stream bytes without a newline as fast as they can,
@@ -16,7 +18,8 @@
 //!   legitimate operator connects, authenticates and runs `stats` every 200 ms.
 //!
 //! `cargo run --release --example flood -- [--secs 5] [--rate 300] [--flood 2000]
-//! [--control-flood newline|pipeline|auth|slots]` (rate: messages per second per client).
+//! [--sources 1] [--control-flood newline|pipeline|auth|slots]` (rate: messages per second
+//! per client).
 //! Loopback only, TTL 0.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -60,6 +63,7 @@ const TOKEN: &str = "flood-op-token";
 struct Shared {
     deliveries: u64,
     rsa: u64,
+    rsa_us: u64,
     budget: u64,
     max_queued: u64,
     turns_us: Vec<u32>,
@@ -72,6 +76,8 @@ struct Phase {
     ping_us: Vec<u64>,
     secs: f64,
     rsa: u64,
+    rsa_us: u64,
+    joined_in: Option<Duration>,
     budget_drops: u64,
     max_control_queued: u64,
     attack: String,
@@ -81,6 +87,7 @@ fn main() {
     let secs = arg("--secs", 5);
     let rate = arg("--rate", 300);
     let flood = arg("--flood", 2000);
+    let sources = arg("--sources", 1).clamp(1, 250) as u8;
     let mode = control_mode();
     let token = matches!(mode.as_deref(), Some("auth" | "slots")).then(|| TOKEN.to_string());
     let group = Ipv4Addr::new(239, 255, 66, (std::process::id() % 200) as u8 + 1);
@@ -143,6 +150,7 @@ fn main() {
             let mut st = stats.lock().unwrap();
             st.deliveries = s.deliveries;
             st.rsa = s.handshakes_ok + s.handshakes_failed;
+            st.rsa_us = s.rsa_microseconds;
             st.budget = budget;
             st.max_queued = st.max_queued.max(queued);
             st.turns_us.push(turn_us);
@@ -206,6 +214,9 @@ fn main() {
             let flood_on = Arc::new(AtomicBool::new(true));
             let f2 = flood_on.clone();
             let h = std::thread::spawn(move || {
+                if sources > 1 {
+                    return many_source_flood(to, sources, flood, &f2);
+                }
                 let s = UdpSocket::bind("127.0.0.1:0").unwrap();
                 s.set_multicast_ttl_v4(0).unwrap();
                 socket2::SockRef::from(&s)
@@ -255,18 +266,39 @@ fn main() {
             (flood_on, h)
         });
         lat.lock().unwrap().clear();
-        let (d0, r0, b0) = {
+        let (d0, r0, u0, b0) = {
             let mut st = relay_stats.lock().unwrap();
             st.max_queued = 0;
             st.turns_us.clear();
-            (st.deliveries, st.rsa, st.budget)
+            (st.deliveries, st.rsa, st.rsa_us, st.budget)
         };
         let t0 = Instant::now();
+        // A newcomer joins one second in: how long its handshake takes (the flood competes
+        // for the same RSA budget and queue).
+        let newcomer = {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(1));
+                let t = Instant::now();
+                let mut c = Client::connect(&cfg, Duration::from_secs(30)).ok()?;
+                let took = t.elapsed();
+                let _ = c.disconnect(); // the chat's recipients stay the same three
+                Some(took)
+            })
+        };
         std::thread::sleep(Duration::from_secs(secs));
-        let (d1, r1, b1, max_queued, mut turns_us) = {
+        let joined_in = newcomer.join().ok().flatten();
+        let (d1, r1, u1, b1, max_queued, mut turns_us) = {
             let mut st = relay_stats.lock().unwrap();
             let turns = std::mem::take(&mut st.turns_us);
-            (st.deliveries, st.rsa, st.budget, st.max_queued, turns)
+            (
+                st.deliveries,
+                st.rsa,
+                st.rsa_us,
+                st.budget,
+                st.max_queued,
+                turns,
+            )
         };
         let elapsed = t0.elapsed().as_secs_f64();
         let mut l = std::mem::take(&mut *lat.lock().unwrap());
@@ -274,7 +306,10 @@ fn main() {
         if let Some((on, h)) = attacker {
             on.store(false, Ordering::Relaxed);
             let sent = h.join().unwrap();
-            attack = format!("{:.0} forged REGISTER/s", sent as f64 / elapsed);
+            attack = format!(
+                "{:.0} forged REGISTER/s from {sources} source(s)",
+                sent as f64 / elapsed
+            );
         }
         if let Some(a) = control_attack {
             attack = a.finish(elapsed);
@@ -291,6 +326,8 @@ fn main() {
             ping_us,
             secs: elapsed,
             rsa: r1 - r0,
+            rsa_us: u1 - u0,
+            joined_in,
             budget_drops: b1 - b0,
             max_control_queued: max_queued,
             attack,
@@ -300,7 +337,9 @@ fn main() {
     let quiet = measure(false);
     match mode.as_deref() {
         Some(m) => eprintln!("phase 2: the same, with the control-port attack `{m}`"),
-        None => eprintln!("phase 2: the same, with {flood} forged REGISTERs/s"),
+        None => {
+            eprintln!("phase 2: the same, with {flood} forged REGISTERs/s from {sources} source(s)")
+        }
     }
     let flooded = measure(true);
     running.store(false, Ordering::Relaxed);
@@ -323,18 +362,30 @@ fn main() {
     };
     if mode.is_none() {
         println!(
-            "| phase | deliveries/s | p50 µs | p99 µs | max µs | RSA decryptions | REGISTERs dropped by budget |"
+            "| phase | deliveries/s | p50 µs | p99 µs | max µs | loop turn p99 / max µs | RSA decryptions/s | RSA share of the loop | REGISTERs dropped by budget | a newcomer's join |"
         );
-        println!("|---|---|---|---|---|---|---|");
-        for (name, p) in [("no flood", &quiet), ("2,000 forged REGISTER/s", &flooded)] {
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for p in [&quiet, &flooded] {
             println!(
-                "| {name} | {:.0} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} / {} | {:.0} | {:.1} % | {} | {} |",
+                if p.attack == "none" {
+                    "no flood"
+                } else {
+                    &p.attack
+                },
                 p.deliveries as f64 / p.secs,
                 pct(&p.lat_us, 0.5),
                 pct(&p.lat_us, 0.99),
                 p.lat_us.last().copied().unwrap_or(0),
-                p.rsa,
-                p.budget_drops
+                pct32(&p.turns_us, 0.99),
+                p.turns_us.last().copied().unwrap_or(0),
+                p.rsa as f64 / p.secs,
+                p.rsa_us as f64 / 1e4 / p.secs,
+                p.budget_drops,
+                p.joined_in.map_or("failed (30 s)".to_string(), |d| format!(
+                    "{} ms",
+                    d.as_millis()
+                ))
             );
         }
     } else {
@@ -370,6 +421,57 @@ fn main() {
         (flooded.deliveries as f64 / flooded.secs) / (quiet.deliveries as f64 / quiet.secs),
         pct(&flooded.lat_us, 0.99) as f64 / pct(&quiet.lat_us, 0.99).max(1) as f64
     );
+}
+
+/// The many-source flood: `sources` sockets on 127.0.1.1.., each fetching a fresh cookie for
+/// its own address and sending a REGISTER with it and a garbage ciphertext, `rate` REGISTERs
+/// a second in all. Returns how many were sent.
+fn many_source_flood(to: SocketAddr, sources: u8, rate: u64, on: &AtomicBool) -> u64 {
+    let socks: Vec<UdpSocket> = (1..=sources)
+        .map(|i| {
+            let s = UdpSocket::bind((Ipv4Addr::new(127, 0, 1, i), 0)).unwrap();
+            s.set_multicast_ttl_v4(0).unwrap();
+            socket2::SockRef::from(&s)
+                .set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
+                .unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let mut hello = Vec::new();
+    Outer::Hello { min: 1, max: 3 }.write(&mut hello);
+    let mut junk = Rng::from_seed([10; 32]);
+    let (mut buf, mut sent) = ([0u8; 2048], 0u64);
+    // One round: a HELLO from every source, then a REGISTER for every COOKIE that came back.
+    let round = Duration::from_secs_f64(f64::from(sources) / rate.max(1) as f64);
+    let mut next = Instant::now();
+    while on.load(Ordering::Relaxed) {
+        for s in &socks {
+            let _ = s.send_to(&hello, to);
+        }
+        next += round;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        for s in &socks {
+            while let Ok((len, _)) = s.recv_from(&mut buf) {
+                if let Ok(Outer::Cookie { cookie, .. }) = Outer::parse(&buf[..len]) {
+                    let cookie = *cookie;
+                    let mut ct = [0u8; 256];
+                    junk.fill(&mut ct);
+                    let mut d = Vec::new();
+                    Outer::Register {
+                        cookie: &cookie,
+                        ciphertext: &ct,
+                    }
+                    .write(&mut d);
+                    let _ = s.send_to(&d, to);
+                    sent += 1;
+                }
+            }
+        }
+    }
+    sent
 }
 
 /// A legitimate operator on the control port: `ping` every 10 ms, timing each round trip.

@@ -37,6 +37,9 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// RSA decryptions per second, all sources together.
     pub handshakes_per_sec: u32,
+    /// The most of the loop's wall time RSA decryptions may take, in percent (1..=100); the
+    /// driver runs at most one per loop turn, after the group socket is drained.
+    pub handshake_cpu_percent: u8,
     /// RSA decryptions per second from one IP address (IPv6: one /64).
     pub handshakes_per_source_per_sec: u32,
     /// Validated REGISTERs waiting for their RSA decryption.
@@ -113,6 +116,7 @@ impl Default for Config {
             token_ttl: Duration::from_secs(120),
             max_clock_skew: Duration::from_secs(60),
             handshakes_per_sec: 200,
+            handshake_cpu_percent: 25,
             handshakes_per_source_per_sec: 10,
             max_pending_registrations: 64,
             cookie_lifetime: Duration::from_secs(30),
@@ -261,6 +265,12 @@ impl Config {
         }
         if self.handshakes_per_sec == 0 {
             return Err(ConfigError::new("handshakes_per_sec", "must be at least 1"));
+        }
+        if !(1..=100).contains(&self.handshake_cpu_percent) {
+            return Err(ConfigError::new(
+                "handshake_cpu_percent",
+                "must be 1 to 100",
+            ));
         }
         if self.handshakes_per_source_per_sec == 0 {
             return Err(ConfigError::new(

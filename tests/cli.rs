@@ -300,6 +300,12 @@ fn bad_flags_exit_64_with_a_one_line_reason() {
         // No name lookups: only address literals and localhost.
         &["ctl", "--control", "relay.example:5008"],
         &["serve", "--client-timeout", "1e3"],
+        // Refused before any work (no key is generated first): issue 13.
+        &["serve", "--group", "10.0.0.1"],
+        &["serve", "--key-bits", "1024"],
+        &["serve", "--port", "0"],
+        &["serve", "--handshake-cpu-percent", "0"],
+        &["serve", "--max-clients-per-source", "0"],
         &["frobnicate"],
     ] {
         let out = run(args);
@@ -316,6 +322,50 @@ fn bad_flags_exit_64_with_a_one_line_reason() {
     assert!(err.contains("--port"), "{err}");
     let err = text(&run(&["serve", "--bogus"]).stderr);
     assert!(err.contains("--bogus"), "{err}");
+    for (flag, value) in [
+        ("--group", "10.0.0.1"),
+        ("--key-bits", "1024"),
+        ("--port", "0"),
+    ] {
+        let out = run(&["serve", flag, value, "--control", "off"]);
+        let err = text(&out.stderr);
+        assert!(err.contains(flag), "{flag}: {err}");
+        assert!(
+            !err.contains("generat"),
+            "{flag}: work started first: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_client_with_no_relay_says_what_it_waits_for_and_gives_up_with_status_2() {
+    let port = free_port().to_string();
+    let t0 = Instant::now();
+    let out = bin()
+        .args([
+            "client",
+            "--port",
+            &port,
+            "--ttl",
+            "0",
+            "--known-relays",
+            "off",
+        ])
+        .args(["--timeout", "4s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    println!("after {:?}: {err}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(err.contains("waiting"), "no waiting message: {err}");
+    assert!(
+        err.lines()
+            .last()
+            .is_some_and(|l| l.contains("no answer from a relay")),
+        "last line names the reason: {err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
 }
 
 #[test]

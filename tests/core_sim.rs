@@ -32,6 +32,10 @@ struct Sim {
     clients: Vec<SimClient>,
     rng: Rng,
     next_port: u16,
+    /// Where relay datagrams come from: [`RELAY`], until a restart moves it.
+    relay_from: SocketAddr,
+    /// Clients whose datagrams are lost on the way (asleep, or a broken uplink).
+    muted: HashSet<usize>,
 }
 
 impl Sim {
@@ -55,7 +59,27 @@ impl Sim {
             clients: Vec::new(),
             rng: Rng::from_seed([seed ^ 0x55; 32]),
             next_port: 40000,
+            relay_from: RELAY,
+            muted: HashSet::new(),
         }
+    }
+
+    /// The relay process is replaced by a new one (same key and group): no sessions, and
+    /// its replies come from a new address.
+    fn restart_relay(&mut self, cfg: Config) {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.core = RelayCore::new(
+            cfg,
+            common::server_key(),
+            Rng::from_seed([0x99; 32]),
+            self.now,
+            unix,
+        )
+        .expect("valid config");
+        self.relay_from = SocketAddr::from(([127, 0, 0, 254], self.relay_from.port() + 1));
     }
 
     fn add_client(&mut self) -> usize {
@@ -100,8 +124,11 @@ impl Sim {
     fn pump(&mut self) {
         loop {
             let mut moved = false;
-            for c in &mut self.clients {
+            for (i, c) in self.clients.iter_mut().enumerate() {
                 while let Some(d) = c.session.poll_transmit() {
+                    if self.muted.contains(&i) {
+                        continue;
+                    }
                     self.core.handle_datagram(self.now, c.addr, &d);
                     c.sent.push(d);
                     moved = true;
@@ -117,7 +144,7 @@ impl Sim {
             for (to, bytes) in out {
                 moved = true;
                 if let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) {
-                    c.session.handle_datagram(self.now, RELAY, &bytes);
+                    c.session.handle_datagram(self.now, self.relay_from, &bytes);
                     while let Some(e) = c.session.poll_event() {
                         c.events.push(e);
                     }
@@ -468,4 +495,118 @@ fn batched_fan_out_reaches_every_recipient_exactly() {
     }
     assert_eq!(sim.core.stats().drops(DropReason::BadToken), 0);
     assert_eq!(sim.core.stats().total_drops(), 0);
+}
+
+/// Events of client `i` since the last call, without the messages.
+fn lost_and_ready(sim: &mut Sim, i: usize) -> Vec<String> {
+    sim.take_events(i)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Lost { reason } => Some(format!("lost {}", reason.word())),
+            Event::Ready { .. } => Some("ready".to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn after_a_relay_restart_clients_notice_at_once_and_register_again() {
+    // Finding 9 (issue 12): the new relay answers NO_SESSION from a new address; the client
+    // checks it with one keep-alive (to the group, so the new relay answers it too) and, after
+    // the one-second probe, registers again: long before its 30 s silence rule.
+    let mut sim = Sim::new(Config::default(), 21);
+    let (a, b) = (sim.add_client(), sim.add_client());
+    sim.take_events(a);
+    sim.take_events(b);
+    sim.restart_relay(Config::default());
+    let t0 = sim.now;
+    sim.clients[a].session.send(sim.now, b"anyone?").unwrap();
+    sim.pump();
+    sim.advance(Duration::from_millis(1500), &[a, b]);
+    assert_eq!(lost_and_ready(&mut sim, a), ["lost no-session", "ready"]);
+    println!("a registered again {:?} after the restart", sim.now - t0);
+    assert_eq!(sim.core.client_count(), 1, "a, in the new relay");
+    // b said nothing; its keep-alive (10 s) meets the new relay the same way.
+    sim.advance(Duration::from_secs(11), &[a, b]);
+    assert_eq!(lost_and_ready(&mut sim, b), ["lost no-session", "ready"]);
+    assert_eq!(sim.core.client_count(), 2);
+    assert!(
+        sim.now - t0 < Duration::from_secs(13),
+        "well before the 30 s timeout"
+    );
+    // And they talk again, through the new relay.
+    sim.clients[a].session.send(sim.now, b"back").unwrap();
+    sim.pump();
+    let got: Vec<_> = sim
+        .take_events(b)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [b"back".to_vec()]);
+}
+
+#[test]
+fn a_laptop_asleep_for_a_minute_comes_back_by_itself() {
+    let mut sim = Sim::new(Config::default(), 22);
+    let (a, b) = (sim.add_client(), sim.add_client());
+    let old_a = sim.id(a);
+    sim.take_events(a);
+    // a sleeps: no timers, nothing sent or received. The relay times it out.
+    sim.advance(Duration::from_secs(60), &[b]);
+    assert_eq!(sim.core.client_count(), 1);
+    // It wakes: its first timer check finds a minute of silence and registers again.
+    sim.advance(Duration::from_millis(500), &[a, b]);
+    assert_eq!(lost_and_ready(&mut sim, a), ["lost silence", "ready"]);
+    assert_ne!(sim.id(a), old_a);
+    assert_eq!(sim.core.client_count(), 2);
+}
+
+#[test]
+fn a_client_that_only_sends_is_not_declared_lost() {
+    // protocol.md §7.1: a KEEPALIVE is also due when nothing was heard in the channel for a
+    // keep-alive interval, so a client that talks more often than that still hears the relay.
+    let mut sim = Sim::new(Config::default(), 23);
+    let a = sim.add_client();
+    sim.take_events(a);
+    for i in 0..140 {
+        sim.clients[a]
+            .session
+            .send(sim.now, format!("{i}").as_bytes())
+            .unwrap();
+        sim.pump();
+        sim.advance(Duration::from_millis(500), &[a]);
+    }
+    assert_eq!(
+        lost_and_ready(&mut sim, a),
+        Vec::<String>::new(),
+        "70 s alone"
+    );
+    assert_eq!(sim.core.client_count(), 1);
+}
+
+#[test]
+fn forged_no_session_notices_cost_one_probe_a_second_and_change_nothing() {
+    let mut sim = Sim::new(Config::default(), 24);
+    let a = sim.add_client();
+    sim.take_events(a);
+    let mut forged = Vec::new();
+    mcrelay::wire::Outer::NoSession.write(&mut forged);
+    let stranger = SocketAddr::from(([127, 0, 0, 77], 4242));
+    let keepalives_before = sim.core.stats().keepalives;
+    for _ in 0..40 {
+        for _ in 0..25 {
+            sim.clients[a]
+                .session
+                .handle_datagram(sim.now, stranger, &forged);
+        }
+        sim.pump();
+        sim.advance(Duration::from_millis(250), &[a]);
+    }
+    let probes = sim.core.stats().keepalives - keepalives_before;
+    println!("1,000 forged NO_SESSIONs in 10 s: {probes} keep-alives");
+    assert!((9..=12).contains(&probes), "{probes} probes in 10 s");
+    assert_eq!(lost_and_ready(&mut sim, a), Vec::<String>::new());
 }

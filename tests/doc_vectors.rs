@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use mcrelay::crypto::fernet::{self, FernetKey};
 use mcrelay::crypto::key::hex;
-use mcrelay::proto::group::ratchet;
+use mcrelay::proto::group::{EpochKey, ratchet};
 use mcrelay::wire::{self, Body, Dist, Outer, put_fragment};
 
 fn vectors() -> HashMap<String, String> {
@@ -62,7 +62,7 @@ fn every_documented_byte_is_what_we_encode() {
     );
     let mut d = Vec::new();
     put_fragment(&mut d, 9, 1, 2, b"xyz");
-    assert_eq!(hex(&d), v["fragment_last"]);
+    assert_eq!(hex(&d), v["fragment_datagram"]);
 
     let sealed: [(&str, u64, Body<'_>); 11] = [
         ("data_hello", 1, Body::Data(b"hello")),
@@ -204,7 +204,7 @@ fn version_3(v: &HashMap<String, String>, key: &FernetKey, iv: &[u8; 16], time: 
         ("key_pull", 3, None, Body::KeyPull { epoch: 2 }),
         ("relayed_copy", 4, Some(17), hi),
         (
-            "frag_last",
+            "frag_piece",
             5,
             None,
             Body::Frag {
@@ -242,8 +242,14 @@ fn version_3(v: &HashMap<String, String>, key: &FernetKey, iv: &[u8; 16], time: 
     .write(&mut d);
     assert_eq!(hex(&d), v["group_hi.datagram"]);
     assert_eq!(hex(&k1), v["group_key_1"]);
-    assert_eq!(hex(&ratchet(&k1, 2)), v["group_key_2"]);
-    n + 4
+    let k2 = ratchet(&k1, 2);
+    assert_eq!(hex(&k2), v["group_key_2"]);
+    assert_eq!(hex(&ratchet(&k2, 3)), v["group_key_3"]);
+    // Two steps, as a member holding epoch 1 takes them when it sees epoch 3 (protocol.md
+    // §12.2), and as the client's own key schedule does.
+    let e3 = EpochKey::new(1, &k1).ratcheted().ratcheted();
+    assert_eq!((e3.epoch, hex(e3.raw())), (3, v["group_key_3"].clone()));
+    n + 5
 }
 
 /// docs/federation.md's `vectors` block: every federation message kind, byte by byte, and

@@ -278,3 +278,57 @@ fn monitoring_md_limits_are_the_code_limits() {
         );
     }
 }
+
+/// `384K` -> `384 KiB`, `8M` -> `8 MiB`, `5s` -> `5 s`, `5m` -> `5 min`, `25` -> `25`.
+fn as_doc_default(help_default: &str) -> String {
+    let d = help_default;
+    for (suffix, unit) in [
+        ("ms", " ms"),
+        ("s", " s"),
+        ("m", " min"),
+        ("K", " KiB"),
+        ("M", " MiB"),
+    ] {
+        if let Some(n) = d.strip_suffix(suffix)
+            && n.chars().all(|c| c.is_ascii_digit())
+        {
+            return format!("{n}{unit}");
+        }
+    }
+    d.to_string()
+}
+
+#[test]
+fn security_md_caps_table_quotes_the_flags_defaults() {
+    let doc = std::fs::read_to_string("docs/security.md").unwrap();
+    let rows = table_after(&doc, "## 5. Caps and their defaults");
+    let help = serve_help_defaults();
+    let mut checked = 0;
+    for (what, cells) in &rows {
+        let (default_cell, flag_cell) = (cells[0], cells[1]);
+        let flags: Vec<&str> = flag_cell
+            .split(" / ")
+            .filter_map(|f| f.trim().strip_prefix('`')?.strip_suffix('`'))
+            .filter(|f| f.starts_with("--"))
+            .collect();
+        if flags.is_empty() {
+            continue; // "(none: ...)": not a flag
+        }
+        let defaults: Vec<&str> = default_cell.split(" / ").collect();
+        assert_eq!(defaults.len(), flags.len(), "{what}: one default per flag");
+        for (flag, doc_default) in flags.iter().zip(defaults) {
+            let (_, help_default, _) = help
+                .iter()
+                .find(|(f, _, _)| f == flag)
+                .unwrap_or_else(|| panic!("security.md: {flag} is not a flag of serve --help"));
+            let want = as_doc_default(help_default);
+            let doc_default = doc_default.replace(',', "");
+            assert!(
+                doc_default.starts_with(&want),
+                "security.md {what:?}: {flag} defaults to {help_default} ({want}), the doc says {doc_default:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} defaults checked");
+}

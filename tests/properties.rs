@@ -40,6 +40,10 @@ fn config() -> ProptestConfig {
     }
 }
 
+/// The ingest group of the simulated relay in group mode (distribution: port + 1).
+const DIST_INGEST: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(239, 255, 77, 77), 5007);
+
 // ---------------------------------------------------------------- wire
 
 /// Bytes that often look like a TLV: a known type, a length that matches or nearly does.
@@ -47,7 +51,8 @@ fn tlvish() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..80),
         (
-            prop_oneof![1u16..=8, 0x0101u16..=0x010c, any::<u16>()],
+            // Every outer type of versions 1 to 3 (to NO_SESSION), every inner one (to GSEQ).
+            prop_oneof![1u16..=0x000a, 0x0101u16..=0x0113, any::<u16>()],
             proptest::collection::vec(any::<u8>(), 0..300),
             -2i32..=2,
         )
@@ -64,10 +69,10 @@ fn tlvish() -> impl Strategy<Value = Vec<u8>> {
             any::<u64>(),
             proptest::collection::vec(
                 (
-                    0x0101u16..=0x010c,
+                    0x0101u16..=0x0113,
                     proptest::collection::vec(any::<u8>(), 0..16)
                 ),
-                1..3
+                1..4
             ),
         )
             .prop_map(|(seq, tlvs)| {
@@ -98,6 +103,13 @@ proptest! {
             let mut b = Vec::new();
             write_inner(&mut b, seq, &body);
             prop_assert_eq!(parse_inner(&b), Ok((seq, body)));
+            prop_assert_eq!(&b, &data);
+        }
+        // Version 3's reading (GSEQ, FRAG, GROUP_KEY, KEY_ACK, KEY_PULL, MEMBERS, DIST):
+        // whatever parses re-encodes to the same bytes.
+        if let Ok(s) = wire::parse_sealed(&data) {
+            let mut b = Vec::new();
+            wire::write_sealed(&mut b, s.seq, s.gseq, &s.body);
             prop_assert_eq!(&b, &data);
         }
     }
@@ -316,6 +328,16 @@ impl World {
             .map(|(a, d)| (a, d.to_vec()))
             .collect();
         for (to, d) in &out {
+            if let SocketAddr::V4(g) = to
+                && g.ip().is_multicast()
+            {
+                // Group mode: every client reads the distribution group.
+                for (c, _) in &mut self.clients {
+                    c.handle_datagram(self.now, RELAY, d);
+                    while c.poll_event().is_some() {}
+                }
+                continue;
+            }
             if let Some(i) = self.addrs.iter().position(|a| a == to)
                 && let Some((c, _)) = self.clients.get_mut(i)
             {
@@ -390,9 +412,16 @@ proptest! {
         per_owner_messages in 1usize..4,
         total_frags in 0usize..40,
         seed in any::<u8>(),
+        group in any::<bool>(),
         steps in proptest::collection::vec(step(), 0..24),
     ) {
+        let distribution = if group {
+            mcrelay::Distribution::Group(mcrelay::GroupConfig::for_ingest(DIST_INGEST))
+        } else {
+            mcrelay::Distribution::Unicast
+        };
         let cfg = Config {
+            distribution,
             max_clients,
             reassembly: Limits {
                 per_owner_messages,

@@ -266,3 +266,38 @@ fn a_name_registering_again_replaces_its_older_session() {
     assert!(matches!(got, Some(Event::Message { name: Some(n), .. }) if n == "alice"));
     assert_eq!(relay.control().stat("clients"), 2);
 }
+
+/// The same at `max_clients`: a full relay with admission names still lets a name replace its
+/// own older session (a restarted device must not be locked out by its ghost); a name without
+/// a session is still refused as full.
+#[test]
+fn a_full_relay_lets_a_name_replace_its_own_session() {
+    use mcrelay::client::Client;
+    let list = [("alice", "tok-a"), ("bob", "tok-b"), ("carol", "tok-c")]
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    let relay = TestRelay::start(Config {
+        admission: Some(list),
+        max_clients: 2,
+        ..Config::default()
+    });
+    let mut cfg = relay.client_config();
+    cfg.admission = Some(("bob".into(), "tok-b".into()));
+    let mut bob = Client::connect(&cfg, T).unwrap();
+    cfg.admission = Some(("alice".into(), "tok-a".into()));
+    let first = Client::connect(&cfg, T).unwrap();
+    let old = first.id();
+    let second = Client::connect(&cfg, T).expect("alice replaces her own session when full");
+    assert_ne!(second.id(), old);
+    assert!(
+        wait_for(&mut bob, T, |e| *e == Event::Leave { id: old, reason: 4 }).is_some(),
+        "bob sees the older alice leave, replaced"
+    );
+    cfg.admission = Some(("carol".into(), "tok-c".into()));
+    let carol = Client::connect(&cfg, Duration::from_millis(2500));
+    assert!(carol.is_err(), "a third name got into a full relay");
+    let mut ctl = relay.control();
+    assert_eq!(ctl.stat("clients"), 2);
+    assert!(ctl.stat("drop.relay_full") >= 1);
+}

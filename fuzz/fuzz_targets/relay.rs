@@ -39,6 +39,9 @@ const RELAY: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAdd
 ));
 
 const KEY_PEM: &str = include_str!("../relay_key.pem");
+/// The distribution group in group mode: every harness client "listens" there.
+const DIST_GROUP: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(239, 255, 77, 78), 5008);
 const ADDRS: [&str; 6] = [
     "127.0.0.1:4000",
     "127.0.0.1:4001",
@@ -90,6 +93,8 @@ struct Setup {
     cookie_rotation_s: u8,
     send_queue_kib: u8,
     admission: bool,
+    /// Group mode (distribution to `DIST_GROUP`) instead of unicast.
+    group: bool,
     seed: u8,
 }
 
@@ -121,6 +126,8 @@ enum InnerBody {
     Join { id: u32 },
     Leave { id: u32, reason: u8 },
     Closed { reason: u8 },
+    KeyAck { epoch: u32 },
+    KeyPull { epoch: u32 },
     Raw(Vec<u8>),
 }
 
@@ -327,6 +334,19 @@ impl H {
             .map(|(a, d)| (a, d.to_vec()))
             .collect();
         for (to, d) in out {
+            if to == SocketAddr::V4(DIST_GROUP) {
+                // Group mode: every client on the distribution group reads it.
+                for c in self.clients.iter_mut().flatten() {
+                    c.handle_datagram(self.now, RELAY, &d);
+                    let own = c.id();
+                    while let Some(ev) = c.poll_event() {
+                        if let Event::Message { sender, .. } = ev {
+                            assert_ne!(Some(sender), own, "own message delivered to its sender");
+                        }
+                    }
+                }
+                continue;
+            }
             let Some(slot) = slot_of(to) else {
                 panic!("datagram to an address nobody used: {to}");
             };
@@ -486,6 +506,8 @@ impl H {
                 reason: *reason,
             }),
             InnerBody::Closed { reason } => Some(Body::Closed { reason: *reason }),
+            InnerBody::KeyAck { epoch } => Some(Body::KeyAck { epoch: *epoch }),
+            InnerBody::KeyPull { epoch } => Some(Body::KeyPull { epoch: *epoch }),
         };
         match (&body, b) {
             (_, Some(b)) => wire::write_inner(&mut plain, seq, &b),
@@ -588,6 +610,7 @@ fn config(s: &Setup) -> Config {
         token_ttl: Duration::from_secs(u64::from(s.token_ttl_s % 181)),
         max_clock_skew: Duration::from_secs(u64::from(s.skew_s % 91)),
         handshakes_per_sec: u32::from(s.hs_per_sec % 41),
+        handshake_cpu_percent: s.hs_per_sec % 101,
         handshakes_per_source_per_sec: u32::from(s.hs_per_src % 21),
         max_pending_registrations: usize::from(s.max_pending % 9),
         cookie_lifetime: Duration::from_secs(u64::from(s.cookie_lifetime_s % 61)),
@@ -599,7 +622,16 @@ fn config(s: &Setup) -> Config {
                 .map(|(n, t)| (n.to_string(), t.to_string()))
                 .collect()
         }),
-        distribution: mcrelay::Distribution::Unicast,
+        distribution: if s.group {
+            let mut g = mcrelay::GroupConfig::for_ingest(std::net::SocketAddrV4::new(
+                *DIST_GROUP.ip(),
+                DIST_GROUP.port() - 1,
+            ));
+            g.rotate_messages = u64::from(s.seed % 7) + 1; // ratchets and fresh keys often
+            mcrelay::Distribution::Group(g)
+        } else {
+            mcrelay::Distribution::Unicast
+        },
         relay_id: None,
     }
 }

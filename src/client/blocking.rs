@@ -131,6 +131,9 @@ impl Client {
             }
             let now = Instant::now();
             if now >= deadline {
+                if let Some(e) = c.session.key_mismatch() {
+                    return Err(e);
+                }
                 return Err(match c.session.last_reject() {
                     Some((code, reason)) => ClientError::Rejected {
                         code: *code,

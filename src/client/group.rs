@@ -116,6 +116,23 @@ impl GroupView {
                 Opened::Bad
             };
         }
+        // Between the previous epoch and the current one (several quick changes): a ratchet
+        // of the previous key, read during its grace period, never installed.
+        if let (Some((p, _)), Some(cur)) = (self.previous.as_ref(), self.current.as_ref())
+            && p.epoch < epoch
+            && epoch < cur.epoch
+            && epoch - p.epoch <= MAX_RATCHET_STEPS
+        {
+            let mut k = p.ratcheted();
+            while k.epoch != epoch {
+                k = k.ratcheted();
+            }
+            return if try_key(&k, plain) {
+                Opened::Plain
+            } else {
+                Opened::Bad // a fresh epoch we were never given, and now never will be
+            };
+        }
         let Some(cur) = self.current.as_ref() else {
             return Opened::NoKey(self.pull(now, epoch));
         };
@@ -225,6 +242,31 @@ mod tests {
         let n = bad.len();
         bad[n - 1] ^= 1;
         assert_eq!(g.open(t1, 2, &bad, &mut plain), Opened::Bad);
+    }
+
+    #[test]
+    fn an_epoch_between_the_previous_and_the_current_is_read_by_ratchet() {
+        // Holding K(1), then a fresh K(4) installed: a datagram of epoch 2 (a ratchet of 1)
+        // still in flight opens during the grace period, and installs nothing.
+        let t0 = Instant::now();
+        let mut g = view();
+        let mut plain = Vec::new();
+        let k1 = EpochKey::new(1, &[1; 32]);
+        g.install(t0, 1, k1.raw());
+        g.install(t0, 4, EpochKey::new(4, &[4; 32]).raw());
+        let k2 = k1.ratcheted();
+        assert_eq!(
+            g.open(t0, 2, &seal(&k2, b"late"), &mut plain),
+            Opened::Plain
+        );
+        assert_eq!(plain, b"late");
+        assert_eq!(g.epoch(), Some(4));
+        // Epoch 3 was fresh (not a ratchet of 1): gone for good, not pulled.
+        let fresh3 = EpochKey::new(3, &[3; 32]);
+        assert_eq!(g.open(t0, 3, &seal(&fresh3, b"x"), &mut plain), Opened::Bad);
+        // After the grace period, nothing before epoch 4.
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(g.open(later, 2, &seal(&k2, b"y"), &mut plain), Opened::Bad);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::crypto::key::hex;
 use crate::wire::{LeaveReason, MAX_BODY};
 
 pub use blocking::{Client, ClientConfig, client_socket, group_socket};
-pub use session::{ClientSession, ClientStats, FATAL_REJECTS, MAX_RETRY, PROBE, RETRY};
+pub use session::{BACKOFF, ClientSession, ClientStats, FATAL_REJECTS, MAX_RETRY, PROBE, RETRY};
 
 /// Why a client believes its session is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

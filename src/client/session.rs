@@ -1,7 +1,7 @@
 //! The client protocol engine, sans-IO: the caller moves datagrams and passes the time
 //! (docs/clients.md has the state machine and its timers).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,8 @@ pub const MAX_RETRY: Duration = Duration::from_secs(8);
 pub const FATAL_REJECTS: u32 = 3;
 /// How long a NO_SESSION's claim is checked (a keep-alive probe) before it is believed.
 pub const PROBE: Duration = Duration::from_secs(1);
+/// The first REJECT(5) back-off; each next one doubles, up to [`MAX_RETRY`].
+pub const BACKOFF: Duration = Duration::from_secs(1);
 /// A restart from HELLO on a cookie REJECT (2, 3) at most this often.
 const MIN_RESTART: Duration = Duration::from_millis(250);
 
@@ -67,6 +69,8 @@ pub struct ClientStats {
     pub reconnects: u64,
     /// REJECTs ignored (not from the relay, or a back-off already running).
     pub rejects_ignored: u64,
+    /// PUBLIC_KEYs that did not match the pinned fingerprint (each ended an attempt).
+    pub bad_keys: u64,
 }
 
 /// The client protocol engine. No sockets; the caller moves datagrams.
@@ -91,12 +95,22 @@ pub struct ClientSession {
     last_sent: Instant,
     /// The last authenticated channel token from the relay.
     last_heard: Instant,
+    /// The last KEEPALIVE sent because nothing was heard (a client that only sends still
+    /// gets an answer in its channel now and then).
+    last_asked: Instant,
+    /// The other members this session knows of (MEMBERS, JOIN, LEAVE): a member list
+    /// repeated with a repeated WELCOME presents nobody twice.
+    roster: HashSet<u32>,
     /// A NO_SESSION is being checked until then.
     probe: Option<Instant>,
+    /// When the last probe started: one a second at most, whoever sends NO_SESSIONs.
+    last_probe: Option<Instant>,
     /// The next handshake retransmission.
     next_retry: Instant,
     /// A REJECT(5) back-off runs until then.
     backoff_until: Option<Instant>,
+    /// The next REJECT(5) back-off: 1, 2, 4, 8, 8 s ... within one registration.
+    backoff: Duration,
     last_restart: Option<Instant>,
     fatal_rejects: u32,
     start: Instant,
@@ -114,6 +128,8 @@ pub struct ClientSession {
     registered: bool,
     /// The last REJECT seen during the handshake.
     last_reject: Option<(u16, String)>,
+    /// The last PUBLIC_KEY that did not match the pin: (expected, got) fingerprints in hex.
+    key_mismatch: Option<(String, String)>,
     stats: ClientStats,
     plain: Vec<u8>,
     scratch: Vec<u8>,
@@ -158,9 +174,12 @@ impl ClientSession {
             group: None,
             last_sent: now,
             last_heard: now,
+            last_asked: now,
             probe: None,
+            last_probe: None,
             next_retry: now,
             backoff_until: None,
+            backoff: BACKOFF,
             last_restart: None,
             fatal_rejects: 0,
             start: now,
@@ -173,10 +192,12 @@ impl ClientSession {
             reconnect: true,
             registered: false,
             last_reject: None,
+            key_mismatch: None,
             stats: ClientStats::default(),
             plain: Vec::new(),
             scratch: Vec::new(),
             token: Vec::new(),
+            roster: HashSet::new(),
         };
         s.send_hello(now);
         s
@@ -189,6 +210,7 @@ impl ClientSession {
     /// Start (again) from HELLO; the relay's address is learnt anew.
     fn send_hello(&mut self, now: Instant) {
         self.state = State::Hello;
+        self.roster.clear();
         self.relay_addr = None;
         self.cookie = None;
         let mut d = Vec::with_capacity(64);
@@ -234,6 +256,17 @@ impl ClientSession {
     pub fn last_reject(&self) -> Option<&(u16, String)> {
         self.last_reject.as_ref()
     }
+    /// The last relay key that did not match the pinned fingerprint, as the error the
+    /// handshake's deadline reports ([`ClientError::FingerprintMismatch`]).
+    pub fn key_mismatch(&self) -> Option<ClientError> {
+        self.key_mismatch
+            .as_ref()
+            .map(|(expected, got)| ClientError::FingerprintMismatch {
+                expected: expected.clone(),
+                got: got.clone(),
+            })
+    }
+
     /// Has the session ended (or failed)?
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -285,13 +318,19 @@ impl ClientSession {
             self.stats.bad += 1;
             return;
         };
+        if let Outer::NoSession = msg {
+            // From any address: a relay that restarted answers from a new one. It is only a
+            // hint (unauthenticated), so it costs at most one probe a second.
+            return self.on_no_session(now);
+        }
         if self.relay_addr.is_some_and(|a| a != from) {
             self.stats.foreign += 1;
             return;
         }
         match (self.state, msg) {
             (State::Hello, Outer::Cookie { version, cookie })
-                if (wire::VERSION_MIN..=self.max_version).contains(&version) =>
+                if (wire::VERSION_MIN..=self.max_version).contains(&version)
+                    && !self.backing_off(now) =>
             {
                 self.relay_addr = Some(from);
                 self.on_cookie(now, version, cookie);
@@ -301,11 +340,6 @@ impl ClientSession {
                 State::Hello | State::KeyRequest | State::Register,
                 Outer::Reject { code, reason },
             ) => self.on_reject(now, code, reason),
-            (State::Ready, Outer::NoSession) if self.probe.is_none() => {
-                // Unauthenticated: check before believing it.
-                self.probe = Some(now + PROBE.min(self.timeout / 2));
-                self.seal(now, &Body::Keepalive);
-            }
             // `token` borrows the caller's datagram, not us: no copy.
             (State::Register | State::Ready, Outer::Sealed { token }) => self.on_token(now, token),
             (
@@ -320,6 +354,18 @@ impl ClientSession {
             (State::Ready, Outer::Group { epoch, token }) => self.on_group(now, epoch, token),
             _ => {}
         }
+    }
+
+    /// NO_SESSION: check before believing it. A sealed KEEPALIVE goes to the relay; any
+    /// authenticated answer within [`PROBE`] clears the doubt, none ends the session.
+    fn on_no_session(&mut self, now: Instant) {
+        let recent = self.last_probe.is_some_and(|t| now < t + PROBE);
+        if self.state != State::Ready || self.probe.is_some() || recent {
+            return;
+        }
+        self.last_probe = Some(now);
+        self.probe = Some(now + PROBE.min(self.timeout / 2));
+        self.seal(now, &Body::Keepalive);
     }
 
     fn on_cookie(&mut self, now: Instant, version: u16, cookie: &[u8; COOKIE_LEN]) {
@@ -342,10 +388,15 @@ impl ClientSession {
                 if let Some(pin) = self.pin
                     && pin != fp
                 {
-                    return self.fail(ClientError::FingerprintMismatch {
-                        expected: hex(&pin),
-                        got: hex(&fp),
-                    });
+                    // Unauthenticated too: an injector on the path may have answered first.
+                    // This attempt ends (the next HELLO learns the relay's address anew);
+                    // the deadline reports the mismatch if nothing better came.
+                    self.stats.bad_keys += 1;
+                    self.key_mismatch = Some((hex(&pin), hex(&fp)));
+                    self.state = State::Hello;
+                    self.relay_addr = None;
+                    self.cookie = None;
+                    return;
                 }
                 self.relay_key = Some((public, fp));
                 self.send_register(now);
@@ -360,7 +411,8 @@ impl ClientSession {
         self.last_reject = Some((code, text(reason)));
         match RejectCode::from_u16(code) {
             Some(RejectCode::BadCookie | RejectCode::CookieReused) => {
-                if self.last_restart.is_some_and(|t| now < t + MIN_RESTART) {
+                let recent = self.last_restart.is_some_and(|t| now < t + MIN_RESTART);
+                if recent || self.backing_off(now) {
                     self.stats.rejects_ignored += 1;
                     return;
                 }
@@ -368,16 +420,16 @@ impl ClientSession {
                 self.send_hello(now);
             }
             Some(RejectCode::RelayFull) => {
-                if self.backoff_until.is_some_and(|t| now < t) {
+                if self.backing_off(now) {
                     self.stats.rejects_ignored += 1;
                     return; // a back-off is running: a REJECT does not restart it
                 }
-                // Retry later, backing off: 1 s, 2 s, 4 s, 8 s, 8 s, ...
-                self.retry = self.retry.clamp(Duration::from_secs(1), MAX_RETRY);
+                // Retry later, backing off: 1 s, 2 s, 4 s, 8 s, 8 s, ... (its own steps: the
+                // HELLO schedule resumes after it).
                 self.state = State::Hello;
-                self.next_retry = now + self.retry;
+                self.next_retry = now + self.backoff;
                 self.backoff_until = Some(self.next_retry);
-                self.retry = (self.retry * 2).min(MAX_RETRY);
+                self.backoff = (self.backoff * 2).min(MAX_RETRY);
             }
             _ => {
                 self.fatal_rejects += 1;
@@ -393,6 +445,11 @@ impl ClientSession {
                 self.state = State::Hello; // keep trying, on the retry schedule
             }
         }
+    }
+
+    /// Is a REJECT(5) back-off running? Then no REJECT or late COOKIE starts an attempt.
+    fn backing_off(&self, now: Instant) -> bool {
+        self.backoff_until.is_some_and(|t| now < t)
     }
 
     fn send_register(&mut self, now: Instant) {
@@ -481,6 +538,9 @@ impl ClientSession {
             }
             Body::Members { entries, .. } if self.state == State::Ready => {
                 for m in wire::members(entries).flatten() {
+                    if !self.roster.insert(m.id) {
+                        continue;
+                    }
                     self.events.push_back(Event::Present {
                         id: m.id,
                         name: m.name.map(text),
@@ -535,6 +595,9 @@ impl ClientSession {
             Body::Message { sender, .. } | Body::Join { id: sender, .. } if sender == self.id => {
                 return; // our own, back from the group
             }
+            // Our own LEAVE can only come on the group (in the channel we get CLOSED): the
+            // relay thinks we are gone. A hint, as NO_SESSION (protocol.md §12.1).
+            Body::Leave { id, .. } if id == self.id => return self.on_no_session(now),
             Body::Message {
                 sender,
                 name: n,
@@ -544,14 +607,22 @@ impl ClientSession {
                 name: name(n),
                 data: data.to_vec(),
             },
-            Body::Join { id, name: n } => Event::Join { id, name: name(n) },
-            Body::Leave { id, reason } => Event::Leave { id, reason },
+            Body::Join { id, name: n } => {
+                self.roster.insert(id);
+                Event::Join { id, name: name(n) }
+            }
+            Body::Leave { id, reason } => {
+                self.roster.remove(&id);
+                Event::Leave { id, reason }
+            }
             Body::Closed { reason } => {
                 self.state = State::Closed;
+                self.group = None; // its keys are erased (protocol.md §12.1)
                 Event::Closed { reason }
             }
             Body::Shutdown => {
                 self.state = State::Closed;
+                self.group = None;
                 Event::Shutdown
             }
             _ => return,
@@ -570,6 +641,7 @@ impl ClientSession {
         self.state = State::Ready;
         self.retry = RETRY;
         self.backoff_until = None;
+        self.backoff = BACKOFF;
         self.fatal_rejects = 0;
         self.last_heard = now;
         if !first {
@@ -715,7 +787,17 @@ impl ClientSession {
         let key = FernetKey::generate(&mut self.rng);
         self.channel = Channel::new(wire::VERSION_MIN, key, &mut self.rng);
         self.retry = RETRY;
+        self.backoff = BACKOFF;
+        self.backoff_until = None;
         self.send_hello(now);
+    }
+
+    /// A KEEPALIVE is due when nothing was sent for a keep-alive interval, or when nothing
+    /// was heard in our channel (and none was asked for) for one: a client that only sends,
+    /// or only reads the distribution group, still hears from the relay (protocol.md §7.1).
+    fn keepalive_due(&self) -> Instant {
+        let quiet = self.last_heard.max(self.last_asked);
+        self.last_sent.min(quiet) + self.keepalive
     }
 
     /// When `handle_timeout` next has work.
@@ -723,7 +805,7 @@ impl ClientSession {
         match self.state {
             State::Closed => None,
             State::Ready => {
-                let mut t = (self.last_sent + self.keepalive).min(self.last_heard + self.timeout);
+                let mut t = self.keepalive_due().min(self.last_heard + self.timeout);
                 if let Some(p) = self.probe {
                     t = t.min(p);
                 }
@@ -749,7 +831,10 @@ impl ClientSession {
             State::Ready if now >= self.last_heard + self.timeout => {
                 self.lost(now, LostReason::Silence)
             }
-            State::Ready if now >= self.last_sent + self.keepalive => self.send_keepalive(now),
+            State::Ready if now >= self.keepalive_due() => {
+                self.last_asked = now;
+                self.send_keepalive(now)
+            }
             State::Hello | State::KeyRequest | State::Register if now >= self.next_retry => {
                 self.send_hello(now)
             }
@@ -757,3 +842,6 @@ impl ClientSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -162,7 +162,7 @@ fn write_metric(out: &mut String, m: &Metric, v: u64) {
     };
     let _ = writeln!(out, "# HELP {name} {}", m.help);
     let _ = writeln!(out, "# TYPE {name} {kind}");
-    let _ = writeln!(out, "{name} {v}");
+    let _ = writeln!(out, "{name} {}", m.prometheus_value(v));
 }
 
 /// `config`: the effective settings, never a secret.
@@ -219,6 +219,7 @@ pub fn format_config(
         "handshakes_per_source_per_sec",
         &c.handshakes_per_source_per_sec,
     );
+    line("handshake_cpu_percent", &c.handshake_cpu_percent);
     line("max_pending_handshakes", &c.max_pending_registrations);
     line("cookie_lifetime_ms", &c.cookie_lifetime.as_millis());
     line("send_queue_bytes", &c.max_send_queue);

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 
 use super::Input;
 use super::outbox::Outbox;
-use super::ratelimit::HandshakeBudget;
+use super::ratelimit::{HandshakeBudget, SourceKey, source_key};
 use super::stats::{DropReason, Stats, Telemetry};
 use crate::config::Config;
 use crate::crypto::cookie::{CookieError, CookieJar};
@@ -81,6 +81,8 @@ pub(crate) struct Handshake {
     used_order: VecDeque<([u8; 16], Instant)>,
     budget: HandshakeBudget,
     pending: VecDeque<PendingReg>,
+    /// Places in `pending` per source.
+    queued: HashMap<SourceKey, usize>,
     max_pending: usize,
     cookie_lifetime: Duration,
     cookie_rotation: Duration,
@@ -136,6 +138,7 @@ impl Handshake {
                 rng.next_u64(),
             ),
             pending: VecDeque::new(),
+            queued: HashMap::new(),
             max_pending: cfg.max_pending_registrations,
             cookie_lifetime: cfg.cookie_lifetime,
             cookie_rotation: cfg.cookie_rotation,
@@ -249,30 +252,79 @@ impl Handshake {
             let (d, code) = (DropReason::BadRegistration, RejectCode::BadRegistration);
             return refuse(tel, d, code, why);
         }
-        if !cx.has_session && cx.full {
-            // Full: say so before spending an RSA decryption (the cookie validated the address).
+        // Full: say so before spending an RSA decryption (the cookie validated the address).
+        // With admission names, a full relay still decrypts (within the budget): the
+        // registrant may be a name whose older session it replaces (protocol.md §9); the
+        // same checks run again once the name is known.
+        let named = self.admission.is_some();
+        if !cx.has_session && cx.full && !named {
             tel.stats.handshakes_failed += 1;
             let (d, code) = (DropReason::RelayFull, RejectCode::RelayFull);
             return refuse(tel, d, code, "relay full");
         }
-        if !cx.has_session && cx.source_full {
+        if !cx.has_session && cx.source_full && !named {
             tel.stats.handshakes_failed += 1;
             let (d, code) = (DropReason::SourceFull, RejectCode::RelayFull);
             return refuse(tel, d, code, "too many sessions from this address");
         }
-        if self.pending.len() >= self.max_pending {
-            return tel.dropped(now, from, DropReason::HandshakeQueueFull);
-        }
-        if self.budget.try_spend(from.ip(), now).is_err() {
+        let victim = if self.pending.len() >= self.max_pending {
+            match self.victim_for(from) {
+                Some(i) => Some(i),
+                None => return tel.dropped(now, from, DropReason::HandshakeQueueFull),
+            }
+        } else {
+            None
+        };
+        // Taking another's place adds no RSA work: only the source's own budget is charged.
+        let spent = match victim {
+            Some(_) => self.budget.try_spend_replacing(from.ip(), now),
+            None => self.budget.try_spend(from.ip(), now),
+        };
+        if spent.is_err() {
             return tel.dropped(now, from, DropReason::HandshakeBudget);
         }
+        if let Some(evicted) = victim.and_then(|i| self.pending.remove(i)) {
+            self.unqueue(&evicted);
+            tel.dropped(now, evicted.from, DropReason::HandshakeQueueFull);
+        }
         self.remember(now, mac);
+        *self.queued.entry(source_key(from.ip())).or_default() += 1;
         self.pending.push_back(PendingReg {
             from,
             version,
             ciphertext: ct.to_vec(),
             arrived: now,
         });
+    }
+
+    /// A full queue is shared fairly between sources: a REGISTER from a source holding fewer
+    /// places than another (by more than one) takes the newest place of the source holding
+    /// the most. A flood from many addresses then cannot keep a newcomer out of the queue; its
+    /// wait is bounded by the queue's length, not by luck (issue 12, finding 5). Returns the
+    /// index of that place.
+    fn victim_for(&self, from: SocketAddr) -> Option<usize> {
+        let mine = self
+            .queued
+            .get(&source_key(from.ip()))
+            .copied()
+            .unwrap_or(0);
+        let (&most, &n) = self.queued.iter().max_by_key(|&(_, n)| *n)?;
+        if n <= mine + 1 {
+            return None;
+        }
+        self.pending
+            .iter()
+            .rposition(|p| source_key(p.from.ip()) == most)
+    }
+
+    fn unqueue(&mut self, reg: &PendingReg) {
+        let k = source_key(reg.from.ip());
+        if let Some(n) = self.queued.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.queued.remove(&k);
+            }
+        }
     }
 
     fn remember(&mut self, now: Instant, mac: [u8; 16]) {
@@ -292,12 +344,15 @@ impl Handshake {
 
     /// The oldest registration waiting for RSA.
     pub(crate) fn pop_pending(&mut self) -> Option<PendingReg> {
-        self.pending.pop_front()
+        let reg = self.pending.pop_front()?;
+        self.unqueue(&reg);
+        Some(reg)
     }
 
     /// Forget every waiting registration (shutdown).
     pub(crate) fn clear_pending(&mut self) {
         self.pending.clear();
+        self.queued.clear();
     }
 
     /// The expensive step: RSA-OAEP, then the Fernet key and the admission check.
@@ -476,6 +531,44 @@ mod tests {
         assert_eq!(t.hs.pop_pending().map(|p| p.version), Some(2));
         t.register(&c, &[0; 256], OPEN);
         assert_eq!(t.reject_code(), Some(RejectCode::CookieReused as u16));
+    }
+
+    #[test]
+    fn a_full_queue_is_shared_fairly_between_sources() {
+        let cfg = Config {
+            max_pending_registrations: 4,
+            ..Config::default()
+        };
+        let mut t = t(&cfg);
+        let from = |t: &mut T, last: u8| {
+            t.from = SocketAddr::from(([127, 0, 0, last], 4000));
+            let c = t.cookie(2);
+            t.register(&c, &[last; 256], OPEN);
+        };
+        // One source fills the queue; a second takes a place, then another; a third too.
+        for _ in 0..4 {
+            from(&mut t, 1);
+        }
+        from(&mut t, 2);
+        from(&mut t, 2);
+        assert_eq!(
+            t.tel.stats.drops(DropReason::HandshakeQueueFull),
+            2,
+            "two of 1's evicted"
+        );
+        from(&mut t, 2); // 2 and 2: no more room for 2
+        assert_eq!(t.tel.stats.drops(DropReason::HandshakeQueueFull), 3);
+        from(&mut t, 3);
+        assert_eq!(t.hs.pending_len(), 4);
+        let order: Vec<u8> = std::iter::from_fn(|| t.hs.pop_pending())
+            .map(|p| p.ciphertext[0])
+            .collect();
+        // FIFO order kept; 3 took the newest place of 1 or 2 (both held two).
+        assert!(order == [1, 2, 2, 3] || order == [1, 1, 2, 3], "{order:?}");
+        assert!(
+            t.hs.queued.is_empty(),
+            "the per-source counts follow the queue"
+        );
     }
 
     #[test]

@@ -177,6 +177,25 @@ impl HandshakeBudget {
         Ok(())
     }
 
+    /// As [`HandshakeBudget::try_spend`], for a registration that takes the queue place of
+    /// another (which already paid the global budget): only `ip`'s own bucket is charged.
+    pub(crate) fn try_spend_replacing(
+        &mut self,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), BudgetError> {
+        let slot = self.slot(ip);
+        let taken = self
+            .sources
+            .get_mut(slot)
+            .is_some_and(|src| src.try_take(now));
+        if taken {
+            Ok(())
+        } else {
+            Err(BudgetError::PerSource)
+        }
+    }
+
     /// Index of `ip`'s per-source bucket.
     fn slot(&self, ip: IpAddr) -> usize {
         let mut h = DefaultHasher::new();

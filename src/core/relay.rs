@@ -596,6 +596,13 @@ impl RelayCore {
 
     // ---------------------------------------------------------------- registrations
 
+    /// The host measured `d` of wall time for RSA decryptions (counter `rsa_microseconds`).
+    pub fn count_rsa_time(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let s = &mut self.tel.stats;
+        s.rsa_microseconds = s.rsa_microseconds.saturating_add(us);
+    }
+
     /// Run up to `max` queued RSA decryptions. Returns how many ran.
     pub fn process_registrations(&mut self, now: Instant, max: usize) -> usize {
         let mut n = 0;
@@ -644,24 +651,26 @@ impl RelayCore {
             info!("client {name} registered again from {from}: its older session ends");
             self.remove_session(now, old, LeaveReason::Replaced, true);
         }
-        if self.sessions.count_from(&from) >= self.cfg.max_clients_per_source {
+        let full = if self.sessions.count_from(&from) >= self.cfg.max_clients_per_source {
+            Some((
+                DropReason::SourceFull,
+                "too many sessions from this address",
+            ))
+        } else if self.sessions.len() >= self.cfg.max_clients {
+            Some((DropReason::RelayFull, "relay full"))
+        } else {
+            None
+        };
+        if let Some((d, why)) = full {
             self.tel.stats.handshakes_failed += 1;
-            self.tel.dropped(now, from, DropReason::SourceFull);
-            let (out, stats) = (&mut self.out, &mut self.tel.stats);
-            let why = "too many sessions from this address";
-            let len = reg.request_len();
-            return reject(out, stats, from, RejectCode::RelayFull, why, len);
-        }
-        if self.sessions.len() >= self.cfg.max_clients {
-            self.tel.stats.handshakes_failed += 1;
-            self.tel.dropped(now, from, DropReason::RelayFull);
+            self.tel.dropped(now, from, d);
             let (out, stats) = (&mut self.out, &mut self.tel.stats);
             return reject(
                 out,
                 stats,
                 from,
                 RejectCode::RelayFull,
-                "relay full",
+                why,
                 reg.request_len(),
             );
         }
@@ -687,6 +696,11 @@ impl RelayCore {
         self.hist.registered(now, reg.arrived); // monitoring hook
         self.send_welcome(now, slot);
         self.send_members(now, slot);
+        self.announce_join(now, slot, id, name);
+    }
+
+    /// Tell the others, the strategy and the host that the session in `slot` joined.
+    fn announce_join(&mut self, now: Instant, slot: usize, id: u32, name: Option<String>) {
         let join = Body::Join {
             id,
             name: name.as_deref().map(str::as_bytes),
@@ -694,12 +708,11 @@ impl RelayCore {
         let (dist, mut cx) = self.split(now);
         dist.announce(&mut cx, Some(slot), &join);
         dist.joined(&mut cx, slot, false);
+        let Some(addr) = self.sessions.get(slot).map(|s| s.addr) else {
+            return;
+        };
         self.note_join(slot); // federation
-        self.events.push(RelayEvent::Joined {
-            id,
-            addr: from,
-            name,
-        });
+        self.events.push(RelayEvent::Joined { id, addr, name });
     }
 
     fn send_welcome(&mut self, now: Instant, slot: usize) {
@@ -858,6 +871,12 @@ impl RelayCore {
         if self.handshake.pending_len() > 0 {
             return Some(self.start); // registrations waiting: come back at once
         }
+        self.next_timer()
+    }
+
+    /// [`RelayCore::poll_timeout`] leaving out waiting registrations, for a host that
+    /// schedules the RSA work itself (the driver runs it within a share of its time).
+    pub fn next_timer(&self) -> Option<Instant> {
         match (self.timers.next_deadline(), self.dist.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

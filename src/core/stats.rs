@@ -34,11 +34,26 @@ pub struct Metric {
 }
 
 impl Metric {
-    /// The Prometheus family name: `mcrelay_<name>`, plus `_total` for counters.
+    /// The Prometheus family name: `mcrelay_<name>`, plus `_total` for counters. A
+    /// `_microseconds` figure is exposed in the base unit, as `_seconds`
+    /// ([`Metric::prometheus_value`]).
     pub fn prometheus_name(&self) -> String {
+        let name = match self.name.strip_suffix("_microseconds") {
+            Some(base) => format!("{base}_seconds"),
+            None => self.name.to_string(),
+        };
         match self.kind {
-            MetricKind::Counter => format!("mcrelay_{}_total", self.name),
-            MetricKind::Gauge => format!("mcrelay_{}", self.name),
+            MetricKind::Counter => format!("mcrelay_{name}_total"),
+            MetricKind::Gauge => format!("mcrelay_{name}"),
+        }
+    }
+
+    /// The value `v` as Prometheus shows it: microseconds in seconds, the rest as it is.
+    pub fn prometheus_value(&self, v: u64) -> String {
+        if self.name.ends_with("_microseconds") {
+            format!("{}.{:06}", v / 1_000_000, v % 1_000_000)
+        } else {
+            v.to_string()
         }
     }
 }
@@ -75,6 +90,7 @@ counters! {
     deliveries, Counter, "Message copies sent to recipients (a message to N-1 peers counts N-1).";
     handshakes_ok, Counter, "Registrations completed (WELCOME sent).";
     handshakes_failed, Counter, "Registrations refused after their cookie was checked.";
+    rsa_microseconds, Counter, "Wall time spent in RSA decryptions, in microseconds (Prometheus: seconds; measured by the driver).";
     cookies_sent, Counter, "COOKIE answers sent to HELLOs.";
     keepalives, Counter, "Keep-alives answered.";
     fragments_in, Counter, "Fragments received from clients.";

@@ -17,6 +17,7 @@ mod control;
 mod federation;
 pub mod logtap;
 pub mod monitor;
+mod share;
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -32,6 +33,7 @@ use self::control::ControlServer;
 use self::federation::FedLink;
 use self::logtap::{LogLine, LogTap};
 use self::monitor::Monitor;
+use self::share::RsaShare;
 use crate::config::{Config, NetConfig};
 use crate::control::max_log_level;
 use crate::core::{ClientInfo, KickTarget, RelayCore, RelayEvent, Stats};
@@ -41,8 +43,6 @@ use crate::error::Error;
 
 /// Datagrams read per readiness event before other sources get a turn.
 const READ_BUDGET: usize = 256;
-/// RSA decryptions per loop turn; more wait for the next turn (relaying goes first).
-const REGISTRATIONS_PER_TURN: usize = 4;
 
 /// The tokens the relay uses: `[start, start + len)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +163,10 @@ pub struct Relay {
     base_log_level: log::LevelFilter,
     /// The last read stopped at READ_BUDGET, not WouldBlock: read again before sleeping.
     read_more: bool,
+    /// RSA's share of the loop's time; one decryption a turn at most.
+    rsa: RsaShare,
+    /// The turn (its `now`) that ran a decryption last.
+    rsa_turn: Option<Instant>,
     stop_requested: bool,
     stop_reported: bool,
     stopped: bool,
@@ -254,6 +258,7 @@ impl Relay {
         now: Instant,
         (fed_rng, unix_micros): (Rng, u64),
     ) -> Result<Relay, Error> {
+        let rsa_percent = core.config().handshake_cpu_percent;
         let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
         let mut ucast = UdpSocket::from_std(unicast_socket(&net)?);
         let t = |i: usize| Token(tokens.start + i);
@@ -318,6 +323,8 @@ impl Relay {
             manage_log_level: false,
             base_log_level: log::max_level(),
             read_more: false,
+            rsa: RsaShare::new(rsa_percent, now),
+            rsa_turn: None,
             stop_requested: false,
             stop_reported: false,
             stopped: false,
@@ -508,16 +515,7 @@ impl Relay {
 
     /// Work that follows any input: RSA (bounded), sends, logs, monitor requests (bounded).
     fn after_io(&mut self, registry: &Registry, now: Instant) {
-        // One registration per call, the clock read before and stamped after: the handshake
-        // histogram then counts each decryption (core/histogram.rs).
-        for _ in 0..REGISTRATIONS_PER_TURN {
-            if self.core.process_registrations(Instant::now(), 1) == 0 {
-                break;
-            }
-            self.core
-                .histograms_mut()
-                .stamp_registration(Instant::now());
-        }
+        self.run_registration(now);
         self.flush_transmits();
         self.flush_control(registry, now);
         if let Some(m) = &mut self.monitor {
@@ -529,6 +527,33 @@ impl Relay {
                 now,
             );
         }
+    }
+
+    /// At most one RSA decryption per loop turn, only once the group socket is drained (what
+    /// registered clients sent goes first), and only within the CPU share
+    /// (`handshake_cpu_percent`). The clock is read around it: the share and the handshake
+    /// histogram count the decryption itself.
+    fn run_registration(&mut self, turn: Instant) {
+        if self.read_more || self.rsa_turn == Some(turn) || self.core.pending_registrations() == 0 {
+            return;
+        }
+        let start = Instant::now();
+        if !self.rsa.may_run(start) {
+            return;
+        }
+        self.rsa_turn = Some(turn);
+        if self.core.process_registrations(start, 1) > 0 {
+            let end = Instant::now();
+            self.rsa.spend(end.saturating_duration_since(start));
+            self.core
+                .count_rsa_time(end.saturating_duration_since(start));
+            self.core.histograms_mut().stamp_registration(end);
+        }
+    }
+
+    /// Wall time spent on RSA decryptions since the relay started.
+    pub fn rsa_time(&self) -> Duration {
+        self.rsa.spent()
     }
 
     fn flush_transmits(&mut self) {
@@ -567,10 +592,12 @@ impl Relay {
         }
         let monitor = self.monitor.as_ref().and_then(Monitor::poll_timeout);
         let control = control.and_then(ControlServer::next_deadline);
+        // Waiting registrations: when the RSA share has credit again.
+        let rsa = (self.core.pending_registrations() > 0).then(|| self.rsa.ready_at());
         let fed = self.federation.as_ref();
         let link = fed.and_then(|f| f.link.poll_timeout());
         let fed = fed.and_then(|f| f.fed.poll_timeout());
-        [self.core.poll_timeout(), control, monitor, link, fed]
+        [self.core.next_timer(), rsa, control, monitor, link, fed]
             .into_iter()
             .flatten()
             .min()

@@ -335,14 +335,36 @@ fn ascii(s: &[u8]) -> String {
 
 /// Parse a complete head (request line, fields, empty line).
 fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ParseError> {
-    use ParseError::Malformed;
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
+    let (method, target, version) = parse_request_line(lines.next().unwrap_or_default(), limits)?;
+    let (path, query) = split_target(target)?;
+    let mut f = Fields::default();
+    for line in lines {
+        if line.is_empty() {
+            break; // the end of the head (always the last line scanned)
+        }
+        f.add(line)?;
+    }
+    let keep_alive = f.check_framing(version)?;
+    Ok(Request {
+        method,
+        path,
+        query,
+        bearer: f.authorization.and_then(bearer_token),
+        keep_alive,
+        version,
+    })
+}
 
-    // request-line = method SP request-target SP HTTP-version
-    let mut parts = request_line.splitn(3, |&b| b == b' ');
+/// request-line = method SP request-target SP HTTP-version
+fn parse_request_line<'a>(
+    line: &'a [u8],
+    limits: &Limits,
+) -> Result<(Method, &'a [u8], Version), ParseError> {
+    use ParseError::Malformed;
+    let mut parts = line.splitn(3, |&b| b == b' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
         return Err(Malformed("request line is not `method target version`"));
@@ -373,18 +395,24 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ParseError> {
         b"HEAD" => Method::Head,
         _ => Method::Other,
     };
-    let (path, query) = split_target(target)?;
+    Ok((method, target, version))
+}
 
-    let mut hosts = 0usize;
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut authorization: Option<&[u8]> = None;
-    for line in lines {
-        if line.is_empty() {
-            break; // the end of the head (always the last line scanned)
-        }
+/// What the header fields of one request said, as far as this server cares.
+#[derive(Default)]
+struct Fields<'a> {
+    hosts: usize,
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    close: bool,
+    keep_alive_token: bool,
+    authorization: Option<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    /// One `name: value` line.
+    fn add(&mut self, line: &'a [u8]) -> Result<(), ParseError> {
+        use ParseError::Malformed;
         if matches!(line[0], b' ' | b'\t') {
             return Err(Malformed("obsolete line folding"));
         }
@@ -401,57 +429,56 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ParseError> {
         }
         let value = trim_ows(raw);
         if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
+            self.hosts += 1;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             let n = parse_content_length(value)?;
-            if content_length.is_some_and(|m| m != n) {
+            if self.content_length.is_some_and(|m| m != n) {
                 return Err(Malformed("conflicting Content-Length fields"));
             }
-            content_length = Some(n);
+            self.content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = true;
+            self.transfer_encoding = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for opt in value.split(|&b| b == b',').map(trim_ows) {
-                close |= opt.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= opt.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= opt.eq_ignore_ascii_case(b"close");
+                self.keep_alive_token |= opt.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case(b"authorization") {
-            if authorization.is_some() {
+            if self.authorization.is_some() {
                 return Err(Malformed("more than one Authorization field"));
             }
-            authorization = Some(value);
+            self.authorization = Some(value);
         }
+        Ok(())
     }
-    if hosts > 1 || (hosts == 0 && version == Version::Http11) {
-        return Err(Malformed(
-            "an HTTP/1.1 request needs exactly one Host field",
-        ));
-    }
-    if transfer_encoding {
-        if content_length.is_some() {
-            return Err(Malformed("both Content-Length and Transfer-Encoding"));
+
+    /// Host and body framing (this server takes no body); returns whether the connection
+    /// stays open after the response.
+    fn check_framing(&self, version: Version) -> Result<bool, ParseError> {
+        use ParseError::Malformed;
+        if self.hosts > 1 || (self.hosts == 0 && version == Version::Http11) {
+            return Err(Malformed(
+                "an HTTP/1.1 request needs exactly one Host field",
+            ));
         }
-        if version == Version::Http10 {
-            // RFC 9112 6.1: faulty framing in 1.0.
-            return Err(Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        if self.transfer_encoding {
+            if self.content_length.is_some() {
+                return Err(Malformed("both Content-Length and Transfer-Encoding"));
+            }
+            if version == Version::Http10 {
+                // RFC 9112 6.1: faulty framing in 1.0.
+                return Err(Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+            }
+            return Err(ParseError::BodyNotAccepted);
         }
-        return Err(ParseError::BodyNotAccepted);
+        if self.content_length.is_some_and(|n| n > 0) {
+            return Err(ParseError::BodyNotAccepted);
+        }
+        Ok(match version {
+            Version::Http11 => !self.close,
+            Version::Http10 => self.keep_alive_token && !self.close,
+        })
     }
-    if content_length.is_some_and(|n| n > 0) {
-        return Err(ParseError::BodyNotAccepted);
-    }
-    let keep_alive = match version {
-        Version::Http11 => !close,
-        Version::Http10 => keep_alive_token && !close,
-    };
-    Ok(Request {
-        method,
-        path,
-        query,
-        bearer: authorization.and_then(bearer_token),
-        keep_alive,
-        version,
-    })
 }
 
 /// Digits only; a value too large for u64 still means "a body".

@@ -34,12 +34,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod config;
+mod conn;
 pub mod http;
 pub mod json;
 mod server;
 
+pub use config::{MonitorConfig, MonitorError};
 pub use http::{Limits, Method, ParseError, Request, Response, Version};
 pub use server::{
-    ACCEPTS_PER_EVENT, ConnId, LINGER, MAX_AUTH_FAILURES, MonitorConfig, MonitorError,
-    MonitorServer, MonitorStats, READ_BUDGET, REQUESTS_PER_ACTIVATION, SEND_BUFFER,
+    ACCEPTS_PER_EVENT, ConnId, LINGER, MAX_AUTH_FAILURES, MonitorServer, MonitorStats, READ_BUDGET,
+    REQUESTS_PER_ACTIVATION, SEND_BUFFER,
 };

@@ -8,7 +8,6 @@
 //! (400/413/414/431/505), the connection cap (503) and the deadlines (408 or a silent close).
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
@@ -21,7 +20,9 @@ use sha2::{Digest, Sha256};
 use slab::Slab;
 use subtle::ConstantTimeEq;
 
-use super::http::{Limits, Method, Parser, Request, Response, write_error, write_response};
+use super::config::{MonitorConfig, MonitorError};
+use super::conn::{Conn, Pending};
+use super::http::{Method, Parser, Request, Response, write_error, write_response};
 
 /// Bytes read from one connection per activation (a readable event or a resumption), at most.
 pub const READ_BUDGET: usize = 16 * 1024;
@@ -38,102 +39,6 @@ pub const SEND_BUFFER: usize = 64 * 1024;
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Failed bearer tokens on one connection before it is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
-
-/// Settings of the monitor's HTTP server.
-#[derive(Debug, Clone)]
-pub struct MonitorConfig {
-    /// Listen address. A non-loopback address requires `token`.
-    pub listen: SocketAddr,
-    /// When set, every request must carry `Authorization: Bearer <token>` (token68 characters).
-    pub token: Option<String>,
-    /// Connections at once (1..=1024); one more is answered 503 and closed.
-    pub max_conns: usize,
-    /// Time to send a complete request head: from the connection for the first request, from
-    /// its first byte for later ones. Past it: 408 and close.
-    pub request_timeout: Duration,
-    /// Time a kept-alive connection may stay idle between requests, and a client may go
-    /// without reading while responses are queued for it. Past it: close.
-    pub idle_timeout: Duration,
-    /// Output queued per connection past which no further request of that connection is
-    /// answered (nor read) until the client reads. The queue stays below this plus one
-    /// response.
-    pub output_cap: usize,
-    /// Request head limits.
-    pub limits: Limits,
-}
-
-impl Default for MonitorConfig {
-    fn default() -> Self {
-        MonitorConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 5009)),
-            token: None,
-            max_conns: 8,
-            request_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            output_cap: 64 * 1024,
-            limits: Limits::default(),
-        }
-    }
-}
-
-/// Why the monitor could not start.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum MonitorError {
-    /// A [`MonitorConfig`] field (or the token base) is invalid.
-    Config {
-        /// The field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// `listen` is not a loopback address and there is no `token`.
-    NonLoopbackWithoutToken {
-        /// The address asked for.
-        listen: SocketAddr,
-    },
-    /// A socket call failed.
-    Io {
-        /// The step that failed.
-        what: &'static str,
-        /// The OS error.
-        source: io::Error,
-    },
-}
-
-impl MonitorError {
-    /// The configuration field at fault, if the error is about one.
-    pub fn field(&self) -> Option<&'static str> {
-        match self {
-            MonitorError::Config { field, .. } => Some(field),
-            MonitorError::NonLoopbackWithoutToken { .. } => Some("listen"),
-            MonitorError::Io { .. } => None,
-        }
-    }
-}
-
-impl fmt::Display for MonitorError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MonitorError::Config { field, reason } => write!(f, "monitor {field}: {reason}"),
-            MonitorError::NonLoopbackWithoutToken { listen } => write!(
-                f,
-                "monitor listen: refusing to serve HTTP on non-loopback {listen} without a \
-                 bearer token (set a token, or listen on 127.0.0.1)"
-            ),
-            MonitorError::Io { what, source } => write!(f, "monitor: {what}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for MonitorError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            MonitorError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
 
 /// One connection, as seen by the host: valid until the connection closes (a stale id is
 /// ignored, even if its slot was reused).
@@ -160,83 +65,6 @@ pub struct MonitorStats {
     pub bad_methods: u64,
     /// Connections closed at a deadline with a request half sent (408) or output unread.
     pub timeouts: u64,
-}
-
-/// What the host owes a connection: the answer to the request it was given.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    head_only: bool,
-    keep_alive: bool,
-}
-
-struct Conn {
-    stream: TcpStream,
-    peer: SocketAddr,
-    generation: u32,
-    parser: Parser,
-    out: Vec<u8>,
-    out_pos: usize,
-    awaiting: Option<Pending>,
-    /// Reading stopped before WouldBlock (budget, full parser, output cap): data may wait in
-    /// the kernel with no readiness edge to come.
-    read_more: bool,
-    /// Ask for a resumption (read more, take more requests) at the next `handle_timeout`.
-    resume: bool,
-    /// The client closed its sending side.
-    eof: bool,
-    /// No further request: close once the output is written.
-    closing: bool,
-    /// Our sending side is shut; leftover input is discarded until EOF or the deadline.
-    lingering: bool,
-    dead: bool,
-    /// In the ready queue.
-    queued: bool,
-    budget: u32,
-    /// When the request head being received began (the connection, for the first request).
-    head_since: Option<Instant>,
-    /// When the connection last became idle (accepted, or a response queued).
-    idle_since: Instant,
-    /// When output last made progress, or was queued onto an empty buffer.
-    write_since: Instant,
-    linger_since: Instant,
-    auth_failures: u32,
-}
-
-impl Conn {
-    fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
-    }
-
-    /// May this connection's next request be taken now?
-    fn can_take(&self, cap: usize) -> bool {
-        !self.dead
-            && !self.closing
-            && !self.lingering
-            && self.awaiting.is_none()
-            && self.pending_out() < cap
-    }
-
-    fn deadline(&self, cfg: &MonitorConfig) -> Instant {
-        if self.lingering {
-            self.linger_since + LINGER
-        } else if self.pending_out() > 0 {
-            self.write_since + cfg.idle_timeout
-        } else if self.awaiting.is_some() {
-            self.idle_since + cfg.idle_timeout
-        } else if let Some(t) = self.head_since {
-            t + cfg.request_timeout
-        } else {
-            self.idle_since + cfg.idle_timeout
-        }
-    }
-
-    /// Prepare to append a response: start the write clock if the queue was empty.
-    fn begin_output(&mut self, now: Instant) -> &mut Vec<u8> {
-        if self.pending_out() == 0 {
-            self.write_since = now;
-        }
-        &mut self.out
-    }
 }
 
 /// An HTTP/1.1 server for monitoring, driven by a host's mio loop.

@@ -468,15 +468,7 @@ pub fn write_body(out: &mut Vec<u8>, gseq: Option<u64>, body: &Body<'_>) {
             out.extend_from_slice(&timeout_ms.to_be_bytes());
             name(out, n);
             if let Some(d) = dist {
-                let (mode, addr, grace_ms) = match d {
-                    Dist::Unicast => (1u8, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 0),
-                    Dist::Group { addr, grace_ms } => (2, addr, grace_ms),
-                };
-                put_tlv_header(out, inner::DIST, DIST_LEN);
-                out.push(mode);
-                out.extend_from_slice(&addr.ip().octets());
-                out.extend_from_slice(&addr.port().to_be_bytes());
-                out.extend_from_slice(&grace_ms.to_be_bytes());
+                write_dist(out, d);
             }
         }
         Body::Message {
@@ -523,6 +515,19 @@ pub fn write_body(out: &mut Vec<u8>, gseq: Option<u64>, body: &Body<'_>) {
             out.extend_from_slice(entries);
         }
     }
+}
+
+/// The DIST TLV of a version-3 WELCOME.
+fn write_dist(out: &mut Vec<u8>, d: Dist) {
+    let (mode, addr, grace_ms) = match d {
+        Dist::Unicast => (1u8, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 0),
+        Dist::Group { addr, grace_ms } => (2, addr, grace_ms),
+    };
+    put_tlv_header(out, inner::DIST, DIST_LEN);
+    out.push(mode);
+    out.extend_from_slice(&addr.ip().octets());
+    out.extend_from_slice(&addr.port().to_be_bytes());
+    out.extend_from_slice(&grace_ms.to_be_bytes());
 }
 
 #[cfg(test)]

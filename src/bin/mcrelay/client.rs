@@ -34,8 +34,8 @@ Sends each stdin line as one message; prints one event per line on stdout:
     present <id>[@name]           (protocol 3) a client that was already there when we registered
     lost <no-session|silence>     our session is gone (relay restarted, we slept); registering again
 On stdin EOF, SIGINT or SIGTERM it sends a disconnect and exits 0. Exit status 2: no relay
-registered us within --timeout (or, after `lost`, within --reconnect-timeout); 3: the relay's
-key does not match the pinned or remembered one; 64: bad flags.
+registered us within --timeout (or, after `lost`, within --reconnect-timeout); 3: within that
+time only keys other than the pinned or remembered one answered; 64: bad flags.
 
 FLAGS (default; environment variable):
     --group ADDR                  multicast group (239.255.77.77; MCRELAY_GROUP)
@@ -306,9 +306,18 @@ impl Chat {
                 None => (self.start, self.a.timeout, "no answer from a relay"),
             };
             if now.duration_since(since) > limit {
+                // A relay answered with a key other than the pinned or remembered one (and no
+                // other relay did): say so, with its own status.
+                if let Some(e) = self.session.key_mismatch() {
+                    return Err(Failure::Runtime(3, e.to_string()));
+                }
+                let why = match self.session.last_reject() {
+                    Some((code, reason)) => format!(" (last REJECT({code}): {reason})"),
+                    None => String::new(),
+                };
                 return Err(Failure::Runtime(
                     2,
-                    format!("{what} at {} within {limit:?}", self.a.endpoint),
+                    format!("{what} at {} within {limit:?}{why}", self.a.endpoint),
                 ));
             }
             if !self.said_waiting && now.duration_since(since) > Duration::from_secs(2) {

@@ -58,6 +58,7 @@ FLAGS (default; environment variable):
     --max-clock-skew DUR          newest client token accepted, ahead of our clock (60s; MCRELAY_MAX_CLOCK_SKEW)
     --handshakes-per-sec N        RSA decryptions per second, all sources (200; MCRELAY_HANDSHAKES_PER_SEC)
     --handshakes-per-source N     RSA decryptions per second per IP (10; MCRELAY_HANDSHAKES_PER_SOURCE)
+    --handshake-cpu-percent N     most of the loop's time RSA may take, 1..100 (25; MCRELAY_HANDSHAKE_CPU_PERCENT)
     --clients-file PATH           admit only `name token` lines of PATH (anyone; MCRELAY_CLIENTS_FILE)
     --max-pending-handshakes N    validated REGISTERs waiting for RSA (64; MCRELAY_MAX_PENDING_HANDSHAKES)
     --cookie-lifetime DUR         how long an address cookie is valid (30s; MCRELAY_COOKIE_LIFETIME)
@@ -120,6 +121,7 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "token_ttl" => "--token-ttl",
         "max_clock_skew" => "--max-clock-skew",
         "handshakes_per_sec" => "--handshakes-per-sec",
+        "handshake_cpu_percent" => "--handshake-cpu-percent",
         "handshakes_per_source_per_sec" => "--handshakes-per-source",
         "max_pending_registrations" => "--max-pending-handshakes",
         "cookie_lifetime" => "--cookie-lifetime",
@@ -370,6 +372,8 @@ fn core_flags(f: &mut Flags) -> Result<Config, UsageError> {
     c.handshakes_per_sec = f.get("--handshakes-per-sec", "MCRELAY_HANDSHAKES_PER_SEC", hs)?;
     let env = "MCRELAY_HANDSHAKES_PER_SOURCE";
     c.handshakes_per_source_per_sec = f.get("--handshakes-per-source", env, hs_src)?;
+    let (env, cpu) = ("MCRELAY_HANDSHAKE_CPU_PERCENT", c.handshake_cpu_percent);
+    c.handshake_cpu_percent = f.get("--handshake-cpu-percent", env, cpu)?;
     let clients_file: Option<PathBuf> = f.opt("--clients-file", "MCRELAY_CLIENTS_FILE")?;
     let pending = c.max_pending_registrations;
     let env = "MCRELAY_MAX_PENDING_HANDSHAKES";
