@@ -423,7 +423,7 @@ fn put_name(out: &mut Vec<u8>, name: Option<&str>) {
     out.extend_from_slice(name);
 }
 
-/// Append one roster entry (for [`write`] of a [`Msg::Roster`], whose `entries` are bytes).
+/// Append one roster entry (for [`write()`] of a [`Msg::Roster`], whose `entries` are bytes).
 pub fn put_entry(out: &mut Vec<u8>, id: u32, name: Option<&str>) {
     out.extend_from_slice(&id.to_be_bytes());
     put_name(out, name);
