@@ -54,6 +54,12 @@ pub struct Config {
     pub admission: Option<HashMap<String, String>>,
     /// How messages reach the members.
     pub distribution: Distribution,
+    /// Federation (docs/federation.md): this relay's id in its cluster, 1..=255. It becomes
+    /// the high byte of every client id the relay gives out, so ids are unique across the
+    /// cluster, and it turns on the record of local joins, leaves and messages that the
+    /// federation publishes. `None` (the default): a single relay, ids from 1 upwards. The
+    /// driver's builder sets it from [`NetConfig::federation`].
+    pub relay_id: Option<u8>,
 }
 
 /// How messages reach the members (docs/protocol.md §12).
@@ -118,6 +124,7 @@ impl Default for Config {
             max_send_queue: 4 << 20,
             admission: None,
             distribution: Distribution::Unicast,
+            relay_id: None,
         }
     }
 }
@@ -176,6 +183,9 @@ impl Config {
         self.validate_timers()?;
         self.validate_caps()?;
         self.validate_admission()?;
+        if self.relay_id == Some(0) {
+            return Err(ConfigError::new("relay_id", "must be 1..=255"));
+        }
         if let Distribution::Group(g) = &self.distribution {
             g.validate(self.client_timeout)?;
         }
@@ -368,6 +378,9 @@ pub struct NetConfig {
     pub control_idle_timeout: Duration,
     /// The HTTP monitor (docs/monitoring.md); `None` (the default) disables it.
     pub monitor: Option<MonitorSettings>,
+    /// Federation over NATS (docs/federation.md); `None` (the default): a single relay. The
+    /// builder gives the core its relay id ([`Config::relay_id`]).
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 /// Most connections the HTTP monitor serves at once.
@@ -425,6 +438,7 @@ impl Default for NetConfig {
             control_auth_timeout: Duration::from_secs(5),
             control_idle_timeout: Duration::from_secs(300),
             monitor: None,
+            federation: None,
         }
     }
 }
@@ -497,6 +511,9 @@ impl NetConfig {
                      (set --control-token-file or MCRELAY_CONTROL_TOKEN, or bind to 127.0.0.1)"
                 ),
             ));
+        }
+        if let Some(f) = &self.federation {
+            f.validate()?;
         }
         match &self.monitor {
             Some(m) => self.validate_monitor(m),

@@ -632,6 +632,7 @@ fn config(s: &Setup) -> Config {
         } else {
             mcrelay::Distribution::Unicast
         },
+        relay_id: None,
     }
 }
 

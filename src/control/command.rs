@@ -32,6 +32,8 @@ pub enum Command {
     Ping,
     /// `rekey`: a fresh group key now (group mode).
     Rekey,
+    /// `peers`: the other relays of the federation.
+    Peers,
 }
 
 impl std::fmt::Display for Command {
@@ -52,6 +54,7 @@ impl std::fmt::Display for Command {
             Command::LogLevel(l) => write!(f, "log level {l}"),
             Command::Ping => f.write_str("ping"),
             Command::Rekey => f.write_str("rekey"),
+            Command::Peers => f.write_str("peers"),
         }
     }
 }
@@ -80,6 +83,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "clients",
         "one line per client: id, address, name, since, last seen, traffic",
+    ),
+    (
+        "peers",
+        "federation: the NATS link, then one line per other relay",
     ),
     (
         "kick <id|ip:port>",
@@ -175,6 +182,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
             arity(0, "rekey")?;
             Command::Rekey
         }
+        "peers" => {
+            arity(0, "peers")?;
+            Command::Peers
+        }
         "log" => match args.as_slice() {
             ["on"] => Command::Log(true),
             ["off"] => Command::Log(false),
@@ -198,6 +209,7 @@ mod tests {
     fn parses_every_command() {
         assert_eq!(parse("help"), Ok(Command::Help));
         assert_eq!(parse("  STATS "), Ok(Command::Stats));
+        assert_eq!(parse("peers"), Ok(Command::Peers));
         assert_eq!(parse("exit"), Ok(Command::Shutdown));
         assert_eq!(parse("kick 7"), Ok(Command::Kick(KickTarget::Id(7))));
         assert_eq!(

@@ -14,11 +14,12 @@ use subtle::ConstantTimeEq;
 use super::command::{self, Command};
 use super::format::{
     format_clients, format_config, format_control_metrics, format_control_stats, format_help,
-    format_metrics, format_stats,
+    format_metrics, format_peers, format_remote_clients, format_stats,
 };
 use crate::config::NetConfig;
 use crate::core::ratelimit::{SourceKey, TokenBucket, source_key};
 use crate::core::{Metric, MetricKind, RelayCore};
+use crate::federation::Federation;
 
 /// Refused `auth` attempts (failed or throttled) before the connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
@@ -45,6 +46,8 @@ pub type Reply = Result<String, String>;
 pub struct Context<'a> {
     /// The relay core (stats, clients, kick).
     pub core: &'a mut RelayCore,
+    /// The federation, when it is on (`peers`).
+    pub federation: Option<&'a Federation>,
     /// Socket settings, for `config`.
     pub net: &'a NetConfig,
     /// The control listener's bound address, for `config`.
@@ -430,7 +433,14 @@ impl Operator {
                 format_stats(&mut body, cx.core, cx.now);
                 format_control_stats(&mut body, &cx.control.counters);
             }
-            Command::Clients => format_clients(&mut body, cx.core.clients(), cx.now),
+            Command::Clients => {
+                format_clients(&mut body, cx.core.clients(), cx.now);
+                format_remote_clients(&mut body, &cx.core.remote_clients(), cx.now);
+            }
+            Command::Peers => match cx.federation {
+                Some(f) => format_peers(&mut body, f, cx.core, cx.now),
+                None => return Err("federation is off (serve --nats ...)".into()),
+            },
             Command::Metrics => {
                 format_metrics(&mut body, cx.core, cx.now);
                 format_control_metrics(&mut body, &cx.control.counters);
@@ -563,6 +573,7 @@ mod tests {
         fn run(&mut self, op: &mut Operator, line: &str, token: Option<&str>) -> (Reply, bool) {
             let mut cx = Context {
                 core: &mut self.w.core,
+                federation: None,
                 net: &self.net,
                 control_addr: Some("127.0.0.1:5008".parse().unwrap()),
                 token,
@@ -622,6 +633,7 @@ mod tests {
         assert!(!o.is_accepting());
         let mut cx = Context {
             core: &mut h.w.core,
+            federation: None,
             net: &h.net,
             control_addr: None,
             token: Some("s3cret"),

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use super::command::HELP;
 use super::exec::ControlCounters;
 use crate::config::NetConfig;
-use crate::core::{ClientInfo, DropReason, Metric, MetricKind, RelayCore};
+use crate::core::{ClientInfo, DropReason, Metric, MetricKind, RelayCore, RemoteClient};
+use crate::federation::Federation;
 
 /// `help`: usage, padding, description.
 pub fn format_help(out: &mut String) {
@@ -65,6 +66,64 @@ pub fn format_clients(out: &mut String, clients: impl Iterator<Item = ClientInfo
             c.bytes_in,
             c.msgs_out,
             c.bytes_out
+        );
+    }
+}
+
+/// `clients`, continued: one line per client of another relay (federation).
+pub fn format_remote_clients(out: &mut String, clients: &[RemoteClient], now: Instant) {
+    for c in clients {
+        let _ = writeln!(
+            out,
+            "id={} relay={} name={} since={}s",
+            c.id,
+            c.relay,
+            c.name.as_deref().unwrap_or("-"),
+            secs_since(now, c.since),
+        );
+    }
+}
+
+/// `peers`: this relay and its NATS link, then one line per other relay.
+pub fn format_peers(out: &mut String, fed: &Federation, core: &RelayCore, now: Instant) {
+    let (up, server) = fed.link();
+    let status = core.federation_status().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "relay={} incarnation={} nats={} server={} pending_bytes={} msgs_out={} heartbeat={}ms",
+        fed.relay_id(),
+        fed.incarnation(),
+        if up {
+            "connected"
+        } else if fed.is_cut_off() {
+            "cut_off"
+        } else {
+            "down"
+        },
+        server.map_or("-".to_string(), |s| s.to_string()),
+        status.nats_pending_bytes,
+        core.stats().federation_data_out,
+        fed.heartbeat().as_millis(),
+    );
+    for p in fed.peers(core) {
+        let ago = |t: Instant| format!("{}s", Tenths(now.saturating_duration_since(t)));
+        let _ = writeln!(
+            out,
+            "peer={} state={} incarnation={} last_heard={} last_heartbeat={} members={} \
+             advertised={} msgs_in={} msgs_out={} deliveries={} gaps={} duplicates={} resyncs={}",
+            p.id,
+            p.state.word(),
+            p.incarnation,
+            ago(p.last_heard),
+            p.last_heartbeat.map_or("-".to_string(), ago),
+            p.members,
+            p.advertised,
+            p.msgs_in,
+            p.msgs_out,
+            p.deliveries,
+            p.gaps,
+            p.duplicates,
+            p.resyncs,
         );
     }
 }
@@ -169,6 +228,19 @@ pub fn format_config(
         .as_ref()
         .map_or("off".to_string(), |a| format!("on ({} names)", a.len()));
     line("admission", &admission);
+    if let Some(f) = &net.federation {
+        line("relay_id", &f.relay_id);
+        line("cluster", &f.cluster);
+        let servers: Vec<String> = f.nats.servers.iter().map(|s| s.to_string()).collect();
+        line("nats", &servers.join(","));
+        let auth = match &f.nats.auth {
+            crate::nats::NatsAuth::None => "off",
+            crate::nats::NatsAuth::Token(_) => "token",
+            crate::nats::NatsAuth::UserPassword { .. } => "user",
+        };
+        line("nats_auth", &auth);
+        line("federation_heartbeat_ms", &f.heartbeat.as_millis());
+    }
 }
 
 /// The control port's figures as `stats` lines (after the core's).

@@ -17,7 +17,7 @@ pub use exec::{
 };
 pub use format::{
     format_clients, format_config, format_control_metrics, format_control_stats, format_help,
-    format_metrics, format_stats,
+    format_metrics, format_peers, format_remote_clients, format_stats,
 };
 
 /// Longest command line accepted (bytes, without the newline).

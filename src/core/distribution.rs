@@ -46,6 +46,16 @@ pub(crate) trait Strategy: fmt::Debug {
     /// with the sender's id and name. Returns how many members it was delivered to.
     fn relay(&mut self, cx: &mut Cx<'_>, from: usize, data: &[u8]) -> u64;
 
+    /// Federation: deliver the message `data` of client `sender` of another relay (no
+    /// session here) to every member. Returns how many members it was delivered to.
+    fn relay_remote(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sender: u32,
+        name: Option<&[u8]>,
+        data: &[u8],
+    ) -> u64;
+
     /// Tell every member but `except` about a change: JOIN, LEAVE or SHUTDOWN.
     fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>);
 
@@ -170,6 +180,19 @@ impl Strategy for Unicast {
         };
         wire::write_inner(cx.plain, 0, &body);
         seal_to_all(cx, Some(from))
+    }
+
+    fn relay_remote(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sender: u32,
+        name: Option<&[u8]>,
+        data: &[u8],
+    ) -> u64 {
+        cx.plain.clear();
+        let body = Body::Message { sender, name, data };
+        wire::write_inner(cx.plain, 0, &body);
+        seal_to_all(cx, None)
     }
 
     fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>) {

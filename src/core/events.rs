@@ -39,6 +39,24 @@ pub enum RelayEvent {
         /// Copies queued for recipients.
         deliveries: u64,
     },
+    /// Federation: a client of another relay joined.
+    RemoteJoined {
+        /// Its id.
+        id: u32,
+        /// Its relay.
+        relay: u8,
+        /// Its admission name.
+        name: Option<String>,
+    },
+    /// Federation: a client of another relay left (or its relay was lost).
+    RemoteLeft {
+        /// Its id.
+        id: u32,
+        /// Its relay.
+        relay: u8,
+        /// Why.
+        reason: LeaveReason,
+    },
     /// An operator asked for a shutdown (control port `shutdown`): the host should call the
     /// relay's `shutdown`.
     ShutdownRequested,

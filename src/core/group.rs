@@ -289,6 +289,18 @@ impl Strategy for Group {
         n
     }
 
+    fn relay_remote(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sender: u32,
+        name: Option<&[u8]>,
+        data: &[u8],
+    ) -> u64 {
+        self.ready_key(cx);
+        let body = Body::Message { sender, name, data };
+        self.distribute(cx, None, &body)
+    }
+
     fn announce(&mut self, cx: &mut Cx<'_>, except: Option<usize>, body: &Body<'_>) {
         // A LEAVE may go out under the epoch the leaver held: it tells it nothing it does not
         // know, and a burst of leaves then makes one fresh epoch, not one each.

@@ -27,7 +27,11 @@ use std::time::Instant;
 pub use crate::config::{Config, ConfigError, MAX_ADMISSION_TOKEN, valid_name, valid_token};
 pub use events::RelayEvent;
 pub use histogram::{Histogram, Histograms};
-pub use relay::{GAUGES, KickTarget, RelayCore};
+pub use relay::{
+    FederationStatus, GAUGES, KickTarget, LOCAL_RECORD_BYTES, LocalRecord, MAX_REMOTE_MEMBERS,
+    MAX_REMOTE_PER_RELAY, RelayCore, RemoteClient, RosterDigest, local_records, member_digest,
+    relay_of,
+};
 pub use session::ClientInfo;
 pub use stats::{DropReason, Metric, MetricKind, Stats};
 

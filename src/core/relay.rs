@@ -38,6 +38,15 @@ use crate::proto::channel::Channel;
 use crate::proto::reassembly::{Reassembler, Shape};
 use crate::wire::{self, Body, LeaveReason, MAX_DATAGRAM, Outer, RejectCode, Sealed};
 
+// Federation hooks (remote members, the local record): a child module, so that the hooks
+// stay out of this file.
+#[path = "remote.rs"]
+mod remote;
+pub use remote::{
+    FederationStatus, LOCAL_RECORD_BYTES, LocalRecord, MAX_REMOTE_MEMBERS, MAX_REMOTE_PER_RELAY,
+    RemoteClient, RosterDigest, local_records, member_digest, relay_of,
+};
+
 /// Which client `kick` removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KickTarget {
@@ -115,6 +124,26 @@ pub const GAUGES: &[Metric] = &[
         help: "JOIN and LEAVE notices still being sent (a burst is spread over loop turns).",
         kind: MetricKind::Gauge,
     },
+    Metric {
+        name: "remote_clients",
+        help: "Clients of other relays known here now (federation).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "federation_peers_up",
+        help: "Peer relays heard from within their last three heartbeats (federation).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "nats_connected",
+        help: "1 while the NATS link is up (federation).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "nats_pending_bytes",
+        help: "Bytes of publishes waiting for the NATS link (federation; bounded).",
+        kind: MetricKind::Gauge,
+    },
 ];
 
 /// The relay core. One owner; every method takes `&mut self` and the current time.
@@ -147,6 +176,8 @@ pub struct RelayCore {
     shut_down: bool,
     /// Handshake latency and message sizes (monitoring hook).
     hist: Histograms,
+    /// Federation: remote members, digests, the local record (`None` without a relay id).
+    remote: Option<remote::Remote>,
 }
 
 impl RelayCore {
@@ -168,6 +199,7 @@ impl RelayCore {
             Distribution::Group(g) => Box::new(Group::new(g.clone(), &mut rng, now)),
         };
         let notices = HandshakeBudget::new(NOTICES_PER_SEC, 1, now, rng.next_u64());
+        let relay_id = cfg.relay_id;
         Ok(RelayCore {
             dist,
             notices,
@@ -179,7 +211,8 @@ impl RelayCore {
             rng,
             start: now,
             unix_at_start: unix_now,
-            sessions: Sessions::new(),
+            sessions: Sessions::with_relay_id(relay_id),
+            remote: relay_id.map(remote::Remote::new),
             reassembly_timer_armed: false,
             timers,
             expired: Vec::new(),
@@ -259,6 +292,11 @@ impl RelayCore {
             u64::from(self.dist.epoch()),
             self.dist.pending_acks() as u64,
             self.dist.backlog() as u64,
+            self.remote_client_count() as u64,
+            self.federation_status().map_or(0, |f| f.peers_up),
+            self.federation_status()
+                .map_or(0, |f| u64::from(f.nats_connected)),
+            self.federation_status().map_or(0, |f| f.nats_pending_bytes),
         ];
         GAUGES.iter().zip(values)
     }
@@ -476,6 +514,7 @@ impl RelayCore {
                 let (dist, mut cx) = self.split(now);
                 let n = dist.relay(&mut cx, slot, data);
                 self.tel.stats.deliveries += n;
+                self.note_message(slot, data); // federation
             }
             Body::Keepalive => {
                 self.tel.stats.keepalives += 1;
@@ -672,6 +711,7 @@ impl RelayCore {
         let Some(addr) = self.sessions.get(slot).map(|s| s.addr) else {
             return;
         };
+        self.note_join(slot); // federation
         self.events.push(RelayEvent::Joined { id, addr, name });
     }
 
@@ -699,11 +739,15 @@ impl RelayCore {
         };
         let me = me.id;
         let mut entries = Vec::new();
-        let total = self.sessions.len().saturating_sub(1);
+        // Clients of other relays too (federation): everyone this member can talk to.
+        let total = self.sessions.len().saturating_sub(1) + self.remote_client_count();
         let mut listed = 0;
         let mut parts = Vec::new();
-        for (_, s) in self.sessions.iter().filter(|(_, s)| s.id != me) {
-            wire::put_member(&mut entries, s.id, s.name.as_deref().map(str::as_bytes));
+        let local = self.sessions.iter().filter(|(_, s)| s.id != me);
+        let local = local.map(|(_, s)| (s.id, s.name.as_deref().map(str::as_bytes)));
+        let remote = self.remote.iter().flat_map(|r| r.entries());
+        for (id, name) in local.chain(remote) {
+            wire::put_member(&mut entries, id, name);
             listed += 1;
             if entries.len() > MEMBERS_PART_BYTES - 5 - wire::MAX_NAME || listed == total {
                 parts.push(std::mem::take(&mut entries));
@@ -764,6 +808,7 @@ impl RelayCore {
         let (dist, mut cx) = self.split(now);
         dist.announce(&mut cx, None, &leave);
         dist.left(&mut cx, slot, s.id);
+        self.note_leave(s.id, s.name.as_deref(), reason); // federation
         self.events.push(RelayEvent::Left {
             id: s.id,
             addr: s.addr,
@@ -808,6 +853,7 @@ impl RelayCore {
             });
         }
         self.handshake.clear_pending();
+        self.note_shutdown(); // federation
         self.shut_down = true;
         info!("relay shutting down: all clients notified");
     }

@@ -89,7 +89,15 @@ pub(crate) struct Sessions {
     per_source: HashMap<SourceKey, usize>,
     next_id: u32,
     next_serial: u64,
+    /// Federation: the relay id in the high byte of every id (0: a single relay, whole u32).
+    prefix: u32,
+    /// The id counter wrapped once: from then on an id still in use is skipped.
+    wrapped: bool,
 }
+
+/// Bits of a federated relay's client ids that count; the relay id is above them.
+pub(crate) const LOCAL_ID_BITS: u32 = 24;
+const LOCAL_ID_MASK: u32 = (1 << LOCAL_ID_BITS) - 1;
 
 impl Sessions {
     pub(crate) fn new() -> Self {
@@ -99,7 +107,37 @@ impl Sessions {
             per_source: HashMap::new(),
             next_id: 1,
             next_serial: 0,
+            prefix: 0,
+            wrapped: false,
         }
+    }
+
+    /// The table of a relay with `relay_id` (federation): ids are `relay_id << 24 | n`, `n`
+    /// from 1 to 2^24 - 1, then wrapping (0 skipped, ids in use skipped).
+    pub(crate) fn with_relay_id(relay_id: Option<u8>) -> Self {
+        let mut s = Self::new();
+        s.prefix = relay_id.map_or(0, |r| u32::from(r) << LOCAL_ID_BITS);
+        s
+    }
+
+    /// The next id to give out: never 0, never one in use.
+    fn allocate_id(&mut self) -> u32 {
+        // At most len() + 1 candidates are in use or skipped before a free one.
+        for _ in 0..=self.slab.len() {
+            let n = self.next_id;
+            let next = if self.prefix == 0 {
+                n.wrapping_add(1).max(1)
+            } else {
+                (n.wrapping_add(1) & LOCAL_ID_MASK).max(1)
+            };
+            self.wrapped |= next <= n;
+            self.next_id = next;
+            let id = self.prefix | n;
+            if !self.wrapped || !self.slab.iter().any(|(_, s)| s.id == id) {
+                return id;
+            }
+        }
+        self.prefix | self.next_id // unreachable: the table holds fewer than 2^24 - 1 ids
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -163,8 +201,7 @@ impl Sessions {
         now: Instant,
     ) -> usize {
         debug_assert!(!self.by_addr.contains_key(&addr));
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.allocate_id();
         let serial = self.next_serial;
         self.next_serial += 1;
         let slot = self.slab.insert(Session {
@@ -276,6 +313,26 @@ mod tests {
         let b = s.insert(addr(2), channel(), None, now);
         assert_eq!(s.get(a).map(|x| x.id), Some(u32::MAX));
         assert_eq!(s.get(b).map(|x| x.id), Some(1));
+    }
+
+    #[test]
+    fn a_federated_relay_puts_its_id_in_the_high_byte_and_skips_ids_in_use_after_a_wrap() {
+        let now = Instant::now();
+        let mut s = Sessions::with_relay_id(Some(7));
+        let a = s.insert(addr(1), channel(), None, now);
+        assert_eq!(s.get(a).map(|x| x.id), Some(0x0700_0001));
+        s.next_id = LOCAL_ID_MASK;
+        let b = s.insert(addr(2), channel(), None, now);
+        assert_eq!(s.get(b).map(|x| x.id), Some(0x07ff_ffff));
+        // Wrapped: 1 is still in use (slot a), so the next is 2.
+        let c = s.insert(addr(3), channel(), None, now);
+        assert_eq!(s.get(c).map(|x| x.id), Some(0x0700_0002));
+        s.remove(a);
+        s.next_id = 1;
+        let d = s.insert(addr(4), channel(), None, now);
+        assert_eq!(s.get(d).map(|x| x.id), Some(0x0700_0001), "free again");
+        let e = s.insert(addr(5), channel(), None, now);
+        assert_eq!(s.get(e).map(|x| x.id), Some(0x0700_0003), "2 is in use");
     }
 
     #[test]

@@ -106,6 +106,26 @@ counters! {
     key_deliveries, Counter, "GROUP_KEY messages sent, first deliveries and retries (group mode).";
     key_pulls, Counter, "Key pulls answered (group mode).";
     no_session_notices, Counter, "NO_SESSION notices sent to addresses without a session.";
+    remote_messages_in, Counter, "Messages of clients of other relays received for local members (federation).";
+    remote_deliveries, Counter, "Copies of those sent to local members (federation).";
+    remote_joins, Counter, "Clients of other relays announced here as joined (federation).";
+    remote_leaves, Counter, "Clients of other relays announced here as left, for any reason (federation).";
+    federation_published, Counter, "Messages published to the federation: data, presence, heartbeats, rosters.";
+    federation_data_out, Counter, "Local client messages published to the federation.";
+    federation_publish_dropped, Counter, "Publishes not made: too large for the server, or the relay was cut off from NATS for three heartbeats.";
+    federation_received, Counter, "Federation messages accepted (sealed under the cluster key, fresh, in order).";
+    federation_bad_seal, Counter, "Federation messages that do not open under the cluster key (another key, or forged).";
+    federation_malformed, Counter, "Federation messages that opened but do not parse.";
+    federation_stale, Counter, "Federation messages outside the clock window, or from an older incarnation of their relay.";
+    federation_duplicates, Counter, "Federation messages already received (the per-relay replay window).";
+    federation_own, Counter, "Federation messages carrying this relay's own id (an echo, or another relay with the same id).";
+    federation_gaps, Counter, "Federation sequence numbers skipped: messages of other relays lost on the way.";
+    federation_peers_lost, Counter, "Peer relays declared lost (three heartbeats missed) or found restarted.";
+    federation_roster_requests, Counter, "Roster requests published (after a gap, a digest mismatch or a reconnect).";
+    federation_resyncs, Counter, "Roster snapshots of other relays applied.";
+    federation_over_cap, Counter, "Remote joins refused: more clients of other relays than the caps allow.";
+    nats_connects, Counter, "NATS handshakes completed (federation).";
+    nats_disconnects, Counter, "NATS links that ended (federation).";
 }
 
 macro_rules! drop_reasons {

@@ -148,6 +148,15 @@ impl Drop for FernetKey {
     }
 }
 
+/// In constant time ([`FernetKey::ct_eq`]).
+impl PartialEq for FernetKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other)
+    }
+}
+
+impl Eq for FernetKey {}
+
 impl fmt::Debug for FernetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FernetKey { .. }")

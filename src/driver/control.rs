@@ -42,6 +42,7 @@ use crate::config::NetConfig;
 use crate::control::ControlCounters;
 use crate::control::{Context, ControlState, MAX_LINE, Operator, Reply, Timeouts};
 use crate::core::RelayCore;
+use crate::federation::Federation;
 
 /// Output a connection may have queued before log lines are dropped.
 pub(crate) const LOG_BUDGET: usize = 64 * 1024;
@@ -456,6 +457,7 @@ impl ControlServer {
         &mut self,
         key: usize,
         core: &mut RelayCore,
+        federation: Option<&Federation>,
         net: &NetConfig,
         now: Instant,
     ) -> bool {
@@ -472,6 +474,7 @@ impl ControlServer {
         };
         let mut cx = Context {
             core,
+            federation,
             net,
             control_addr: Some(*local_addr),
             token: auth_token.as_deref(),
@@ -506,6 +509,7 @@ impl ControlServer {
         &mut self,
         registry: &Registry,
         core: &mut RelayCore,
+        federation: Option<&Federation>,
         net: &NetConfig,
         now: Instant,
     ) -> bool {
@@ -531,7 +535,7 @@ impl ControlServer {
             }
             let key = (start + i) % cap;
             if self.conns.get(key).is_some_and(Conn::wants_service) {
-                shutdown |= self.read(key, core, net, now);
+                shutdown |= self.read(key, core, federation, net, now);
                 self.cursor = key + 1;
             }
         }

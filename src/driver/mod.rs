@@ -14,6 +14,7 @@ pub mod batch;
 #[allow(unsafe_code, unreachable_pub)]
 pub(crate) mod batch;
 mod control;
+mod federation;
 pub mod logtap;
 pub mod monitor;
 mod share;
@@ -29,6 +30,7 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use self::control::ControlServer;
+use self::federation::FedLink;
 use self::logtap::{LogLine, LogTap};
 use self::monitor::Monitor;
 use self::share::RsaShare;
@@ -110,8 +112,11 @@ impl RelayBuilder {
         first_token: Token,
         now: Instant,
     ) -> Result<Relay, Error> {
-        self.cfg.validate_with(&self.net)?;
-        let rng = match self.rng {
+        let mut cfg = self.cfg;
+        // Federation: the core's ids carry the relay id (docs/federation.md).
+        cfg.relay_id = self.net.federation.as_ref().map(|f| f.relay_id);
+        cfg.validate_with(&self.net)?;
+        let mut rng = match self.rng {
             Some(r) => r,
             None => Rng::from_os().map_err(|e| Error::Io {
                 what: "seed the CSPRNG from the OS",
@@ -119,15 +124,19 @@ impl RelayBuilder {
             })?,
         };
         // The driver may read the wall clock (the core never does): Fernet timestamps.
-        let unix = SystemTime::now()
+        let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let core = RelayCore::new(self.cfg, self.key, rng, now, unix)?;
+            .unwrap_or_default();
+        let mut seed = [0u8; 32];
+        rng.fill(&mut seed);
+        let fed_rng = Rng::from_seed(seed);
+        let core = RelayCore::new(cfg, self.key, rng, now, wall.as_secs())?;
         let tokens = TokenRange {
             start: first_token.0,
             len: Relay::tokens_needed(&self.net),
         };
-        Relay::open(core, self.net, registry, tokens, self.log_tap, now)
+        let fed = (fed_rng, wall.as_micros() as u64);
+        Relay::open(core, self.net, registry, tokens, self.log_tap, now, fed)
             .map(|r| r.with_log_level_managed(self.manage_log_level))
     }
 }
@@ -142,6 +151,8 @@ pub struct Relay {
     control: Option<ControlServer>,
     /// The HTTP monitor (`net.monitor`), on the tokens after the control connections.
     monitor: Option<Monitor>,
+    /// Federation (`net.federation`): the NATS link on the last token.
+    federation: Option<FedLink>,
     tokens: TokenRange,
     log_tap: Option<LogTap>,
     log_lines: Vec<LogLine>,
@@ -164,6 +175,23 @@ pub struct Relay {
 impl std::fmt::Debug for ControlServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ControlServer({})", self.local_addr())
+    }
+}
+
+/// Send what the core queued, until the kernel would block.
+fn send_queued(ucast: &UdpSocket, core: &mut RelayCore) {
+    while core.has_transmits() {
+        match batch::send_batch(ucast, core.transmits()) {
+            Ok(0) => return,
+            Ok(n) => core.advance_transmits(n, 0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // writable event resumes
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // The first pending datagram was refused (counted); the rest keep order.
+                debug!("sendmmsg: {e}");
+                core.advance_transmits(0, 1);
+            }
+        }
     }
 }
 
@@ -214,9 +242,11 @@ impl Relay {
 
     /// How many tokens a relay with these settings uses: the group socket, the reply
     /// socket, the control listener and one per control connection; with the monitor on,
-    /// its listener and one per monitor connection.
+    /// its listener and one per monitor connection; with federation, the NATS link.
     pub fn tokens_needed(net: &NetConfig) -> usize {
-        3 + net.max_control + net.monitor.as_ref().map_or(0, Monitor::tokens_needed)
+        3 + net.max_control
+            + net.monitor.as_ref().map_or(0, Monitor::tokens_needed)
+            + usize::from(net.federation.is_some())
     }
 
     fn open(
@@ -226,6 +256,7 @@ impl Relay {
         tokens: TokenRange,
         log_tap: Option<LogTap>,
         now: Instant,
+        (fed_rng, unix_micros): (Rng, u64),
     ) -> Result<Relay, Error> {
         let rsa_percent = core.config().handshake_cpu_percent;
         let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
@@ -253,6 +284,16 @@ impl Relay {
             )?),
             None => None,
         };
+        let federation = match &net.federation {
+            Some(f) => Some(FedLink::open(
+                f,
+                fed_rng,
+                Token(tokens.start + tokens.len - 1),
+                now,
+                unix_micros,
+            )?),
+            None => None,
+        };
         let reply_from = ucast.local_addr().map(|a| a.to_string());
         let control_at = control.as_ref().map(|c| c.local_addr().to_string());
         info!(
@@ -274,6 +315,7 @@ impl Relay {
             ucast,
             control,
             monitor,
+            federation,
             tokens,
             log_tap,
             log_lines: Vec::new(),
@@ -377,6 +419,14 @@ impl Relay {
             m.handle_event(registry, event, now);
             return self.after_io(registry, now);
         }
+        if self
+            .federation
+            .as_ref()
+            .is_some_and(|f| f.owns(event.token()))
+            && !self.stopped
+        {
+            return self.nats_event(registry, event, now);
+        }
         self.handle_ready(
             registry,
             event.token(),
@@ -404,6 +454,9 @@ impl Relay {
                     m.handle_ready(registry, token, readable, writable, now);
                 }
             }
+            _ if self.federation.as_ref().is_some_and(|f| f.owns(token)) => {
+                self.nats_ready(registry, token, readable, writable, now);
+            }
             0 => self.read_datagrams(now),
             1 => {} // writable: flushed below
             2 => {
@@ -415,6 +468,8 @@ impl Relay {
             _ => {}
         }
         self.after_io(registry, now);
+        self.federate(registry, now);
+        self.flush_transmits();
     }
 
     fn read_control(&mut self, token: Token, now: Instant) {
@@ -422,7 +477,8 @@ impl Relay {
         let Some(key) = c.owns_conn(token) else {
             return;
         };
-        if c.read(key, &mut self.core, &self.net, now) {
+        let fed = self.federation.as_ref().map(|f| &f.fed);
+        if c.read(key, &mut self.core, fed, &self.net, now) {
             self.stop_requested = true;
         }
     }
@@ -501,19 +557,7 @@ impl Relay {
     }
 
     fn flush_transmits(&mut self) {
-        while self.core.has_transmits() {
-            match batch::send_batch(&self.ucast, self.core.transmits()) {
-                Ok(0) => return,
-                Ok(n) => self.core.advance_transmits(n, 0),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // writable event resumes
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // The first pending datagram was refused (counted); the rest keep order.
-                    debug!("sendmmsg: {e}");
-                    self.core.advance_transmits(0, 1);
-                }
-            }
-        }
+        send_queued(&self.ucast, &mut self.core);
     }
 
     fn flush_control(&mut self, registry: &Registry, now: Instant) {
@@ -550,7 +594,10 @@ impl Relay {
         let control = control.and_then(ControlServer::next_deadline);
         // Waiting registrations: when the RSA share has credit again.
         let rsa = (self.core.pending_registrations() > 0).then(|| self.rsa.ready_at());
-        [self.core.next_timer(), rsa, control, monitor]
+        let fed = self.federation.as_ref();
+        let link = fed.and_then(|f| f.link.poll_timeout());
+        let fed = fed.and_then(|f| f.fed.poll_timeout());
+        [self.core.next_timer(), rsa, control, monitor, link, fed]
             .into_iter()
             .flatten()
             .min()
@@ -565,8 +612,9 @@ impl Relay {
         if self.read_more {
             self.read_datagrams(now);
         }
+        let fed = self.federation.as_ref().map(|f| &f.fed);
         if let Some(c) = &mut self.control
-            && c.handle_timeout(registry, &mut self.core, &self.net, now)
+            && c.handle_timeout(registry, &mut self.core, fed, &self.net, now)
         {
             self.stop_requested = true;
         }
@@ -574,6 +622,9 @@ impl Relay {
         if let Some(m) = &mut self.monitor {
             m.handle_timeout(registry, now);
         }
+        self.nats_timeout(registry, now);
+        self.federate(registry, now);
+        self.flush_transmits();
     }
 
     /// Graceful stop: clients get SHUTDOWN, operators a last line, the group is left and
@@ -595,6 +646,7 @@ impl Relay {
         if left > 0 {
             warn!("shutdown: {left} notices could not be sent");
         }
+        self.nats_shutdown(registry, now);
         self.flush_control(registry, now);
         if let Some(c) = &mut self.control {
             c.broadcast_line("LOG INFO relay stopped");

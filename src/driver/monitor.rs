@@ -231,9 +231,22 @@ fn healthz(body: &mut String, core: &RelayCore, stopping: bool, now: Instant) ->
     w.field_u64("pending_registrations", core.pending_registrations() as u64);
     let uptime = core.gauges(now).next().map_or(0, |(_, v)| v);
     w.field_u64("uptime_seconds", uptime);
-    // FEDERATION: when relay federation exists, its NATS link state goes here, and only
-    // when federation is on: "nats":{"connected":...,"server":...}. Nothing is written
-    // while there is no federation.
+    // Federation: its NATS link state, only when federation is on.
+    if let Some(f) = core.federation_status() {
+        w.key("nats");
+        w.begin_object();
+        w.field_bool("connected", f.nats_connected);
+        w.key("server");
+        match f.nats_server {
+            Some(s) => w.string(&s.to_string()),
+            None => w.null(),
+        }
+        w.field_u64("pending_bytes", f.nats_pending_bytes);
+        w.field_u64("peers_up", f.peers_up);
+        w.field_u64("peers_known", f.peers_known);
+        w.field_u64("remote_clients", core.remote_client_count() as u64);
+        w.end_object();
+    }
     w.end_object();
     200
 }

@@ -78,7 +78,7 @@ impl fmt::Debug for NatsAuth {
 
 /// Everything the client can be told. Check it with [`NatsConfig::validate`] (the client's
 /// constructor does).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsConfig {
     /// Servers to connect to, tried in this order (IP literals: the client does no DNS).
     pub servers: Vec<SocketAddr>,
@@ -1308,6 +1308,18 @@ impl NatsClient {
     /// Publishes waiting in the queue.
     pub fn pending_messages(&self) -> usize {
         self.pending_frames.len()
+    }
+
+    /// Drop every publish waiting in the queue (counted in `dropped_queue_full`); returns
+    /// how many. What is already in the transmit buffer stays. For a host whose queued
+    /// messages have gone stale (federation: peers have declared this relay lost).
+    pub fn discard_pending(&mut self) -> usize {
+        let n = self.pending_frames.len();
+        self.pending.clear();
+        self.pending_frames.clear();
+        self.pending.shrink_to(PENDING_KEEP);
+        self.stats.dropped_queue_full += n as u64;
+        n
     }
 
     /// Active subscriptions: (sid, subject).

@@ -125,8 +125,12 @@ pub enum LeaveReason {
     Kicked = 3,
     /// A new registration from the same address replaced it.
     Replaced = 4,
-    /// The relay is shutting down.
+    /// The relay is shutting down (LEAVE(5): only for a client of another relay of a
+    /// federation that shut down; a relay's own clients are told by SHUTDOWN).
     Shutdown = 5,
+    /// Federation: the client's relay is out of reach (it missed 3 heartbeats, restarted, or
+    /// lost track of the client while out of reach). Older clients print it as "left".
+    RelayLost = 6,
 }
 
 impl LeaveReason {
@@ -138,6 +142,7 @@ impl LeaveReason {
             3 => Self::Kicked,
             4 => Self::Replaced,
             5 => Self::Shutdown,
+            6 => Self::RelayLost,
             _ => return None,
         })
     }
@@ -149,6 +154,7 @@ impl LeaveReason {
             Self::Kicked => "kicked",
             Self::Replaced => "replaced",
             Self::Shutdown => "shutdown",
+            Self::RelayLost => "relay-lost",
         }
     }
 }

@@ -118,7 +118,7 @@ INNER_FIXED_LEN = {
     S_WELCOME: 12, S_JOIN: 4, S_LEAVE: 5, S_SHUTDOWN: 0, S_CLOSED: 1,
 }
 
-REASONS = {1: "disconnect", 2: "timeout", 3: "kicked", 4: "replaced", 5: "shutdown"}
+REASONS = {1: "disconnect", 2: "timeout", 3: "kicked", 4: "replaced", 5: "shutdown", 6: "relay-lost"}
 
 REJECT_NAMES = {1: "unsupported-version", 2: "bad-cookie", 3: "cookie-used",
                 4: "undecryptable", 5: "full", 6: "not-admitted", 7: "malformed"}

@@ -28,7 +28,7 @@ Sends each stdin line as one message; prints one event per line on stdout:
     ready <id> <fingerprint>      registered
     msg <id>[@name] <text>        a message (\\\\ \\n \\r \\t and \\xHH escapes)
     join <id>[@name]              another client joined
-    leave <id> <reason>           another client left (disconnect|timeout|kicked|replaced|shutdown)
+    leave <id> <reason>           another client left (disconnect|timeout|kicked|replaced|shutdown|relay-lost)
     closed <reason>               our session ended
     shutdown                      the relay is stopping
     present <id>[@name]           (protocol 3) a client that was already there when we registered

@@ -9,15 +9,18 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use mcrelay::core::{valid_name, valid_token};
+use mcrelay::crypto::fernet::FernetKey;
 use mcrelay::crypto::key::{self, ServerKey};
 use mcrelay::driver::logtap::LogTap;
+use mcrelay::federation::FederationConfig;
+use mcrelay::nats::NatsAuth;
 use mcrelay::proto::reassembly::Limits;
 use mcrelay::{Config, Distribution, GroupConfig, MonitorSettings, NetConfig, Relay};
 use mio::{Events, Poll, Token};
 
 use crate::flags::{
     Dur, Flags, OnOff, Size, UsageError, config_error, control_token, log_level, monitor_token,
-    parse_control,
+    parse_control, read_token_file,
 };
 use crate::logger::Logger;
 use crate::sys::{keep_stderr_writable, register_signals, sd_notify};
@@ -68,6 +71,16 @@ FLAGS (default; environment variable):
     --group-grace DUR             members keep the previous epoch's key this long (2s; MCRELAY_GROUP_GRACE)
     --rekey-messages N            a new epoch after this many group tokens (1048576; MCRELAY_REKEY_MESSAGES)
     --rekey-age DUR               a new epoch after this long (1h; MCRELAY_REKEY_AGE)
+    --nats ADDR:PORT[,...]|off    federation (docs/federation.md): NATS servers, IP literals (off; MCRELAY_NATS)
+    --relay-id N                  federation: this relay's id in the cluster, 1..=255 (none; MCRELAY_RELAY_ID)
+    --cluster NAME                federation: the cluster's name, A-Z a-z 0-9 _ - (mcrelay; MCRELAY_CLUSTER)
+    --cluster-key-file PATH       federation: the cluster key, a Fernet key (`mcrelay keygen --cluster-key-file`) (none; MCRELAY_CLUSTER_KEY_FILE)
+    --nats-token-file PATH        federation: NATS auth token in PATH (none; MCRELAY_NATS_TOKEN_FILE)
+                                  or give the token itself in MCRELAY_NATS_TOKEN
+    --nats-user USER              federation: NATS user name, with a password (none; MCRELAY_NATS_USER)
+    --nats-password-file PATH     federation: NATS password in PATH (none; MCRELAY_NATS_PASSWORD_FILE)
+                                  or give the password itself in MCRELAY_NATS_PASSWORD
+    --federation-heartbeat DUR    federation: heartbeat interval; 3 missed: relay lost (1s; MCRELAY_FEDERATION_HEARTBEAT)
     --log-queue N                 log lines waiting for operators (4096; MCRELAY_LOG_QUEUE)
     --log-level LEVEL             error|warn|info|debug|trace (info; MCRELAY_LOG_LEVEL, then RUST_LOG)
     -h, --help                    this text
@@ -120,6 +133,12 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "distribution.rotate_messages" => "--rekey-messages",
         "distribution.rotate_age" => "--rekey-age",
         "distribution.key_resend" => "--client-timeout",
+        "relay_id" | "federation.relay_id" => "--relay-id",
+        "federation.cluster" => "--cluster",
+        "federation.heartbeat" => "--federation-heartbeat",
+        "federation.nats.servers" | "federation.nats" => "--nats",
+        "federation.nats.auth" => "--nats-token-file/--nats-user",
+        "federation.nats.name" => "--cluster",
         _ => return None,
     })
 }
@@ -141,7 +160,105 @@ fn net_flags(f: &mut Flags) -> Result<NetConfig, UsageError> {
     let idle = f.get("--control-idle-timeout", env, Dur(net.control_idle_timeout))?;
     net.control_idle_timeout = idle.0;
     net.monitor = monitor_flags(f)?;
+    net.federation = federation_flags(f)?;
     Ok(net)
+}
+
+/// `--nats` and the federation's settings (docs/federation.md). Without `--nats`, none of
+/// them may be given: a relay is federated or it is not.
+fn federation_flags(f: &mut Flags) -> Result<Option<FederationConfig>, UsageError> {
+    let nats: String = f.get("--nats", "MCRELAY_NATS", "off".to_string())?;
+    let relay_id: Option<String> = f.opt("--relay-id", "MCRELAY_RELAY_ID")?;
+    let cluster: String = f.get("--cluster", "MCRELAY_CLUSTER", "mcrelay".to_string())?;
+    let key_file: Option<PathBuf> = f.opt("--cluster-key-file", "MCRELAY_CLUSTER_KEY_FILE")?;
+    let token = secret(f, "--nats-token-file", "MCRELAY_NATS_TOKEN")?;
+    let user: Option<String> = f.opt("--nats-user", "MCRELAY_NATS_USER")?;
+    let password = secret(f, "--nats-password-file", "MCRELAY_NATS_PASSWORD")?;
+    let env = "MCRELAY_FEDERATION_HEARTBEAT";
+    let heartbeat: Option<Dur> = f.opt("--federation-heartbeat", env)?;
+    if nats == "off" {
+        let given = [
+            ("--relay-id", relay_id.is_some()),
+            ("--cluster-key-file", key_file.is_some()),
+            ("--nats-user", user.is_some()),
+            ("--nats-token-file", token.is_some()),
+            ("--nats-password-file", password.is_some()),
+            ("--federation-heartbeat", heartbeat.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(UsageError(format!("{flag}: needs --nats (federation)")));
+        }
+        return Ok(None);
+    }
+    let mut servers = Vec::new();
+    for s in nats.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let a = s.parse().map_err(|_| {
+            UsageError(format!(
+                "--nats: {s:?} is not ADDR:PORT (IP literals: the relay resolves no names)"
+            ))
+        })?;
+        servers.push(a);
+    }
+    let relay_id = relay_id.ok_or_else(|| UsageError("--relay-id: required with --nats".into()))?;
+    let relay_id: u8 = match relay_id.parse() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            return Err(UsageError(format!(
+                "--relay-id: {relay_id:?} is not 1..=255"
+            )));
+        }
+    };
+    let key_file =
+        key_file.ok_or_else(|| UsageError("--cluster-key-file: required with --nats".into()))?;
+    let key = read_cluster_key(&key_file)?;
+    let mut cfg = FederationConfig::new(relay_id, &cluster, key, servers);
+    if let Some(h) = heartbeat {
+        cfg.heartbeat = h.0;
+    }
+    cfg.nats.auth = match (token, user, password) {
+        (None, None, None) => NatsAuth::None,
+        (Some(t), None, None) => NatsAuth::Token(t),
+        (None, Some(user), Some(password)) => NatsAuth::UserPassword { user, password },
+        (None, Some(_), None) => {
+            return Err(UsageError(
+                "--nats-user: needs --nats-password-file (or MCRELAY_NATS_PASSWORD)".into(),
+            ));
+        }
+        (None, None, Some(_)) => {
+            return Err(UsageError("--nats-password-file: needs --nats-user".into()));
+        }
+        (Some(_), _, _) => {
+            return Err(UsageError(
+                "--nats-token-file: a token or a user and password, not both".into(),
+            ));
+        }
+    };
+    Ok(Some(cfg))
+}
+
+/// A secret from `flag` (a file) or `$<ENV>_FILE`, else the secret itself in `$<ENV>`.
+fn secret(f: &mut Flags, flag: &'static str, env: &str) -> Result<Option<String>, UsageError> {
+    let file: Option<PathBuf> = f.opt(flag, &format!("{env}_FILE"))?;
+    match file {
+        Some(p) => Ok(Some(read_token_file(&p)?)),
+        None => Ok(std::env::var(env)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())),
+    }
+}
+
+/// The cluster key: one Fernet key (44 characters of url-safe base64), as
+/// `mcrelay keygen --cluster-key-file` writes it.
+fn read_cluster_key(path: &Path) -> Result<FernetKey, UsageError> {
+    let t =
+        read_token_file(path).map_err(|e| UsageError(format!("--cluster-key-file: {}", e.0)))?;
+    FernetKey::from_base64(t.as_bytes()).map_err(|e| {
+        UsageError(format!(
+            "--cluster-key-file {}: not a Fernet key (44 characters of url-safe base64): {e}",
+            path.display()
+        ))
+    })
 }
 
 /// `on` or `off`.
