@@ -66,7 +66,7 @@ pub fn sd_notify(state: &str) {
 }
 
 /// glibc's `pthread_getattr_np`, replaced in the statically linked binary by one that always
-/// fails (docs/performance.md, "Binary size under 2 MiB": the last of its savings, 109 KB).
+/// fails (docs/performance.md, "Binary size under 2 MiB": the last of its savings, 105 KB).
 ///
 /// Its only caller is Rust's runtime, which asks where the stack of the main thread (at
 /// start-up) and of each spawned thread (when it starts) ends, only so that a stack overflow
