@@ -60,7 +60,9 @@ pub(crate) struct Group {
     members: Vec<Option<Member>>,
     /// Capable members that hold the current key (read the group).
     readers: usize,
-    /// Capable members that do not hold the current key.
+    /// Capable members that do not hold the current key: exactly those `poll_timeout` and
+    /// `handle_timeout` look for, so both skip their scan when it is 0. Kept by every change
+    /// of a member's `capable`/`current` (joined, left, key_ack, key_pull, fresh).
     pending: usize,
     /// Version 1 and 2 members (always served by the unicast path).
     legacy: usize,
@@ -70,6 +72,9 @@ pub(crate) struct Group {
     tokens_in_epoch: u64,
     /// When the last fresh rekey began, until every member acknowledged it.
     rekey_started: Option<Instant>,
+    /// The sender's name while its message is distributed (the sessions are borrowed
+    /// mutably meanwhile): reused, so that a named sender costs no allocation per message.
+    name: Vec<u8>,
 }
 
 impl Group {
@@ -92,6 +97,7 @@ impl Group {
             epoch_started: now,
             tokens_in_epoch: 0,
             rekey_started: None,
+            name: Vec::new(),
         }
     }
 
@@ -268,13 +274,19 @@ impl Strategy for Group {
         let Some(sender) = cx.sessions.get(from) else {
             return 0;
         };
-        let (id, name) = (sender.id, sender.name.clone());
+        let mut name = std::mem::take(&mut self.name);
+        name.clear();
+        if let Some(n) = &sender.name {
+            name.extend_from_slice(n.as_bytes());
+        }
         let body = Body::Message {
-            sender: id,
-            name: name.as_deref().map(str::as_bytes),
+            sender: sender.id,
+            name: sender.name.is_some().then_some(name.as_slice()),
             data,
         };
-        self.distribute(cx, Some(from), &body)
+        let n = self.distribute(cx, Some(from), &body);
+        self.name = name;
+        n
     }
 
     fn relay_remote(
@@ -409,6 +421,12 @@ impl Strategy for Group {
         if self.fresh_due {
             return Some(self.epoch_started); // in the past: due now
         }
+        let rotate = self.epoch_started + self.cfg.rotate_age;
+        if self.pending == 0 {
+            // The steady state: no member waits for a key, so there is no retry to find. The
+            // driver asks once per loop turn; the scan below costs O(members).
+            return Some(rotate);
+        }
         let retry = self
             .members
             .iter()
@@ -416,7 +434,6 @@ impl Strategy for Group {
             .filter(|m| m.capable && !m.current)
             .map(|m| m.next_send)
             .min();
-        let rotate = self.epoch_started + self.cfg.rotate_age;
         Some(retry.map_or(rotate, |r| r.min(rotate)))
     }
 
@@ -450,3 +467,6 @@ impl Strategy for Group {
         self.pending
     }
 }
+
+#[cfg(test)]
+mod tests;

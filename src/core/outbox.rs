@@ -18,9 +18,14 @@ use crate::wire::{
     self, Body, FRAGMENT_CHUNK, FRAGMENT_HEADER, Outer, TLV_HEADER, V3_FRAGMENT_CHUNK, inner, outer,
 };
 
-/// Capacity kept across flushes; beyond it the buffers shrink once drained.
+/// Capacity kept across flushes; beyond it the buffers shrink, once [`SHRINK_AFTER`]
+/// drains in a row used no more than this.
 const KEEP_BYTES: usize = 256 * 1024;
 const KEEP_ITEMS: usize = 2048;
+/// Consecutive small drains (at most `KEEP_*` used) before oversized buffers shrink: a busy
+/// relay whose every read batch fans out to more than `KEEP_*` keeps its capacity instead of
+/// giving it back and reallocating it on every loop turn.
+const SHRINK_AFTER: u32 = 64;
 
 /// The queue of datagrams waiting for the socket.
 #[derive(Debug)]
@@ -32,6 +37,9 @@ pub(crate) struct Outbox {
     cap: usize,
     /// A token being cut into fragments.
     frag: Vec<u8>,
+    /// Drains in a row that used at most `KEEP_*`, and the most they used.
+    small_drains: u32,
+    small_peak: (usize, usize),
 }
 
 /// What [`Outbox::seal`] did with one recipient's token.
@@ -55,6 +63,8 @@ impl Outbox {
             head: 0,
             cap,
             frag: Vec::with_capacity(2048),
+            small_drains: 0,
+            small_peak: (0, 0),
         }
     }
 
@@ -293,18 +303,38 @@ impl Outbox {
         stats.count_drops(DropReason::SendFailed, (n - sent) as u64);
         self.head += n;
         if self.head == self.items.len() {
+            let used = (self.buf.len(), self.items.len());
             self.head = 0;
             self.items.clear();
             self.buf.clear();
-            // After a burst (a thousand JOINs, a shutdown) give the memory back; the steady
-            // state stays well under these and so never reallocates.
-            if self.buf.capacity() > KEEP_BYTES {
-                self.buf.shrink_to(KEEP_BYTES / 4);
-            }
-            if self.items.capacity() > KEEP_ITEMS {
-                self.items.shrink_to(KEEP_ITEMS / 4);
-            }
+            self.drained(used);
         }
+    }
+
+    /// After a burst (a thousand JOINs, a shutdown) give the memory back, but only once
+    /// [`SHRINK_AFTER`] drains in a row were small, and never below what they used: drains
+    /// larger than `KEEP_*` (a loaded relay's fan-out) keep the capacity, so that its steady
+    /// state does not reallocate.
+    fn drained(&mut self, (bytes, items): (usize, usize)) {
+        if bytes > KEEP_BYTES || items > KEEP_ITEMS {
+            self.small_drains = 0;
+            self.small_peak = (0, 0);
+            return;
+        }
+        self.small_drains += 1;
+        self.small_peak = (self.small_peak.0.max(bytes), self.small_peak.1.max(items));
+        if self.small_drains < SHRINK_AFTER {
+            return;
+        }
+        if self.buf.capacity() > KEEP_BYTES {
+            self.buf.shrink_to((KEEP_BYTES / 4).max(self.small_peak.0));
+        }
+        if self.items.capacity() > KEEP_ITEMS {
+            self.items
+                .shrink_to((KEEP_ITEMS / 4).max(self.small_peak.1));
+        }
+        self.small_drains = 0;
+        self.small_peak = (0, 0);
     }
 }
 
@@ -420,6 +450,87 @@ mod tests {
         let (mut scratch, mut opened) = (Vec::new(), Vec::new());
         assert!(v2.channel.open(token, &mut scratch, &mut opened).is_ok());
         assert_eq!(opened, p);
+    }
+
+    /// Queue about `bytes` of datagrams (1 KB each) and drain them all.
+    fn fill_and_drain(out: &mut Outbox, bytes: usize, stats: &mut Stats) {
+        let pem = [b'a'; 1000];
+        let msg = Outer::PublicKey { pem: &pem };
+        let mut queued = 0;
+        while queued < bytes {
+            assert!(out.push(addr(1), &msg, stats));
+            queued += 1000;
+        }
+        let n = out.transmits().count();
+        out.advance(n, 0, stats);
+        assert!(!out.has_transmits());
+    }
+
+    #[test]
+    fn a_busy_outbox_keeps_its_capacity() {
+        // Every drain larger than what is kept (a loaded relay's fan-out at N=1,000): the
+        // buffers must not be shrunk after each and grown again in the next turn.
+        let mut stats = Stats::default();
+        let mut out = Outbox::new(1 << 22);
+        fill_and_drain(&mut out, 2 * KEEP_BYTES, &mut stats);
+        let (buf, items) = (out.buf.capacity(), out.items.capacity());
+        assert!(buf >= 2 * KEEP_BYTES);
+        for _ in 0..4 * SHRINK_AFTER {
+            fill_and_drain(&mut out, 2 * KEEP_BYTES, &mut stats);
+            assert_eq!(
+                (out.buf.capacity(), out.items.capacity()),
+                (buf, items),
+                "a busy outbox reallocated"
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_burst_the_buffers_shrink_once_drains_stay_small() {
+        let mut stats = Stats::default();
+        let mut out = Outbox::new(1 << 22);
+        fill_and_drain(&mut out, 4 * KEEP_BYTES, &mut stats);
+        let big = out.buf.capacity();
+        assert!(big > KEEP_BYTES);
+        // Small drains, but one big one among them starts the count again.
+        for _ in 0..SHRINK_AFTER - 1 {
+            fill_and_drain(&mut out, 2000, &mut stats);
+        }
+        fill_and_drain(&mut out, 2 * KEEP_BYTES, &mut stats);
+        for _ in 0..SHRINK_AFTER - 1 {
+            fill_and_drain(&mut out, 2000, &mut stats);
+            assert_eq!(
+                out.buf.capacity(),
+                big,
+                "shrunk before {SHRINK_AFTER} small drains"
+            );
+        }
+        fill_and_drain(&mut out, 2000, &mut stats);
+        assert!(
+            out.buf.capacity() <= KEEP_BYTES / 4 + 1024,
+            "the memory of the burst is given back: {} bytes kept",
+            out.buf.capacity()
+        );
+        assert!(out.items.capacity() <= KEEP_ITEMS);
+        // Drains up to KEEP_BYTES count as small, and the shrink keeps what they used.
+        fill_and_drain(&mut out, 4 * KEEP_BYTES, &mut stats);
+        for _ in 0..SHRINK_AFTER {
+            fill_and_drain(&mut out, KEEP_BYTES - 4000, &mut stats);
+        }
+        let kept = out.buf.capacity();
+        assert!(
+            (KEEP_BYTES - 4000..=KEEP_BYTES).contains(&kept),
+            "{kept} bytes kept"
+        );
+        let before = out.buf.as_ptr();
+        fill_and_drain(&mut out, KEEP_BYTES - 4000, &mut stats);
+        assert_eq!(
+            out.buf.as_ptr(),
+            before,
+            "no reallocation for the same load"
+        );
+        // Nothing was lost on the way.
+        assert_eq!(stats.drops(DropReason::SendQueueFull), 0);
     }
 
     #[test]
