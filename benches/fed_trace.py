@@ -9,6 +9,11 @@ message through the syscalls that carry it:
   -> nats-server read -> nats-server write/writev (MSG to B) -> B recv -> B sendmmsg
 
 Usage: benches/fed_trace.py TRACE.data PID_A PID_B NATS_PID [NATS_PID...]
+
+With --syscalls, the time a relay spent inside each system call, per message, from a
+raw_syscalls trace of one run (DIR/{remote,local,standalone}-sys.data):
+
+       benches/fed_trace.py --syscalls FILE.data MESSAGES
 """
 
 import bisect
@@ -24,7 +29,54 @@ def ret_of(text):
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+NAMES = {0: "read", 1: "write", 7: "poll", 44: "sendto", 45: "recvfrom", 232: "epoll_wait",
+         281: "epoll_pwait", 299: "recvmmsg", 307: "sendmmsg", 228: "clock_gettime"}
+RAW = re.compile(r"^\s*(\d+)/(\d+)\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit):\s+NR (\d+)(.*)$")
+
+
+def syscalls(data, messages):
+    """Per syscall: calls and time inside (enter to exit) per message; epoll_wait's time is
+    mostly sleeping and is shown apart."""
+    out = subprocess.run(
+        ["perf", "script", "-i", data, "--ns", "-F", "pid,tid,time,event,trace"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    open_at = {}
+    calls, inside, errors = {}, {}, {}
+    for line in out.splitlines():
+        m = RAW.match(line)
+        if not m:
+            continue
+        tid, t, kind, nr = int(m.group(2)), float(m.group(3)), m.group(4), int(m.group(5))
+        if kind == "enter":
+            open_at[tid] = (nr, t)
+            continue
+        if tid not in open_at or open_at[tid][0] != nr:
+            continue
+        _, t0 = open_at.pop(tid)
+        name = NAMES.get(nr, f"nr {nr}")
+        calls[name] = calls.get(name, 0) + 1
+        inside[name] = inside.get(name, 0.0) + (t - t0)
+        ret = m.group(6).strip().lstrip("=").strip()
+        if ret.startswith("-"):
+            errors[name] = errors.get(name, 0) + 1
+    print(f"| syscall | calls per message | of which errors (EAGAIN) | µs inside per message |")
+    print("|---|---:|---:|---:|")
+    total = 0.0
+    for name in sorted(inside, key=lambda k: -inside[k]):
+        per = inside[name] * 1e6 / messages
+        if name not in ("epoll_wait", "epoll_pwait"):
+            total += per
+        print(f"| {name} | {calls[name] / messages:.2f} | {errors.get(name, 0) / messages:.2f} | "
+              f"{per:.1f}{' (waiting)' if name.startswith('epoll') else ''} |")
+    print(f"| **all but epoll** | | | **{total:.1f}** |")
+
+
 def main():
+    if sys.argv[1] == "--syscalls":
+        return syscalls(sys.argv[2], int(sys.argv[3]))
     data, pid_a, pid_b = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     nats = {int(p) for p in sys.argv[4:]}
     out = subprocess.run(

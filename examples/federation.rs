@@ -1332,9 +1332,11 @@ fn perf_stop(mut c: Child) {
 /// Where the time goes (`--only perf --perf-dir DIR`; run with `--bin` at a build that keeps
 /// its symbols). Writes DIR/trace.data: the syscalls of relays A and B and of nats-server
 /// while A's client sends `--low-rate` messages/s (one receiver on each relay, the latency
-/// shape; `benches/fed_trace.py` turns it into per-stage times), and DIR/remote.data and
-/// DIR/local.data: cpu-clock profiles of relay B with `--receivers` receivers at `--cpu-rate`,
-/// messages from relay A's client, then from its own.
+/// shape; `benches/fed_trace.py` turns it into per-stage times), and DIR/remote.data,
+/// DIR/local.data and DIR/standalone.data: cpu-clock profiles of relay B with `--receivers`
+/// receivers at `--cpu-rate`, messages from relay A's client, then from its own, then of a
+/// stand-alone relay with as many receivers and its own client sending; and the same runs'
+/// syscalls (`raw_syscalls`, DIR/*-sys.data; `benches/fed_trace.py --syscalls`).
 fn perf_mode(o: &Opts, dir: &Path, nats: &[Nats], fp: [u8; 32]) {
     let out: PathBuf = arg("--perf-dir", PathBuf::from("/tmp/fedbench-perf"));
     std::fs::create_dir_all(&out).expect("perf dir");
@@ -1387,30 +1389,51 @@ fn perf_mode(o: &Opts, dir: &Path, nats: &[Nats], fp: [u8; 32]) {
     }
     let a = RelayProc::start(&o.bin, dir, 13, Some(na), fp);
     let b = RelayProc::start(&o.bin, dir, 14, Some(nb), fp);
+    let c = RelayProc::start(&o.bin, dir, 15, None, fp);
     a.wait_peers(1);
     b.wait_peers(1);
     let mut sa = Senders::new(vec![a.client()]);
     let mut sb = Senders::new(vec![b.client()]);
+    let mut sc = Senders::new(vec![c.client()]);
     let rb = Receivers::spawn((0..o.receivers).map(|_| b.client()).collect());
+    let rc = Receivers::spawn((0..o.receivers).map(|_| c.client()).collect());
     std::thread::sleep(Duration::from_millis(1000));
-    for (name, s) in [("remote", &mut sa), ("local", &mut sb)] {
-        let file = out.join(format!("{name}.data"));
-        let p = perf_start(&file, &[b.pid()], &["-e", "cpu-clock", "-F", "20000"]);
-        let s0 = snap_before(&b);
-        let (_, n) = s.run(o.cpu_rate, o.secs, o.size);
-        settle();
-        let s1 = snap_after(&b);
-        perf_stop(p);
-        let d = delta(s0, s1);
-        let _ = rb.take();
-        println!(
-            "perf profile {name}: relay B pid {}, {n} messages, {} deliveries, {:.0} ns per delivery \
-             (under perf) -> {}",
-            b.pid(),
-            d.deliveries,
-            d.cpu as f64 / d.deliveries.max(1) as f64,
-            file.display()
-        );
+    let runs = [
+        ("remote", &b, &mut sa),
+        ("local", &b, &mut sb),
+        ("standalone", &c, &mut sc),
+    ];
+    let syscalls = [
+        "-e",
+        "raw_syscalls:sys_enter",
+        "-e",
+        "raw_syscalls:sys_exit",
+    ];
+    for (name, relay, s) in runs {
+        for (suffix, args) in [
+            ("", &["-e", "cpu-clock", "-F", "20000"][..]),
+            ("-sys", &syscalls[..]),
+        ] {
+            quiesce(&[a.pid(), b.pid(), c.pid()]);
+            let file = out.join(format!("{name}{suffix}.data"));
+            let p = perf_start(&file, &[relay.pid()], args);
+            let s0 = snap_before(relay);
+            let (_, n) = s.run(o.cpu_rate, o.secs, o.size);
+            settle();
+            let s1 = snap_after(relay);
+            perf_stop(p);
+            let d = delta(s0, s1);
+            let _ = (rb.take(), rc.take());
+            println!(
+                "perf {name}{suffix}: relay pid {}, {n} messages, {} deliveries, {:.1} µs per \
+                 message, {:.0} ns per delivery (under perf) -> {}",
+                relay.pid(),
+                d.deliveries,
+                d.cpu as f64 / 1e3 / n.max(1) as f64,
+                d.cpu as f64 / d.deliveries.max(1) as f64,
+                file.display()
+            );
+        }
     }
 }
 
