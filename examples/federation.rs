@@ -926,7 +926,8 @@ fn latency(o: &Opts, dir: &Path, nats: &[Nats], fp: [u8; 32]) {
     );
     println!(
         "   trial | max msg/s | rate | A p50 p99 | B p50 p99 | B−A p50 p99 | per-msg B−A p50 p99 | \
-         NATS alone p50 p99 | loss A B NATS % | low rate: A p50 p99, B p50 p99, NATS p50 p99"
+         NATS alone p50 p99 | loss A B NATS % | low rate: A p50 p99, B p50 p99, NATS p50 p99, \
+         B−A p50 p99, per-msg B−A p50 p99"
     );
     let mut t = Table::new();
     for trial in 0..o.trials {
@@ -1010,6 +1011,10 @@ fn latency(o: &Opts, dir: &Path, nats: &[Nats], fp: [u8; 32]) {
             low[3],
             low_raw[0],
             low_raw[1],
+            low[2] - low[0],
+            low[3] - low[1],
+            low[4],
+            low[5],
         ];
         print_latency_row(&format!("{}", trial + 1), &row);
         t.push(row);
@@ -1019,30 +1024,35 @@ fn latency(o: &Opts, dir: &Path, nats: &[Nats], fp: [u8; 32]) {
 }
 
 fn print_latency_row(label: &str, r: &[f64]) {
+    let f: Vec<String> = r.iter().map(|x| format!("{x:.0}")).collect();
     println!(
-        "   {label} | {:.0} | {:.0} | {:.0} {:.0} | {:.0} {:.0} | {:.0} {:.0} | {:.0} {:.0} | \
-         {:.0} {:.0} | {:.2} {:.2} {:.2} | {:.0} {:.0}, {:.0} {:.0}, {:.0} {:.0}",
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        r[4],
-        r[5],
-        r[6],
-        r[7],
-        r[8],
-        r[9],
-        r[10],
-        r[11],
+        "   {label} | {} | {} | {} {} | {} {} | {} {} | {} {} | {} {} | {:.2} {:.2} {:.2} | \
+         {} {}, {} {}, {} {}, {} {}, {} {}",
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        f[5],
+        f[6],
+        f[7],
+        f[8],
+        f[9],
+        f[10],
+        f[11],
         r[12],
         r[13],
         r[14],
-        r[15],
-        r[16],
-        r[17],
-        r[18],
-        r[19],
-        r[20]
+        f[15],
+        f[16],
+        f[17],
+        f[18],
+        f[19],
+        f[20],
+        f[21],
+        f[22],
+        f[23],
+        f[24]
     );
 }
 
