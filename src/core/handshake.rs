@@ -73,6 +73,9 @@ pub(crate) struct RegisterContext {
     pub(crate) modulus_len: usize,
 }
 
+/// NO_SESSION notices per second, all addresses together (each address: one a second).
+const NOTICES_PER_SEC: u32 = 100;
+
 /// Cookies, the single-use set, the RSA budget and the queue of pending registrations.
 #[derive(Debug)]
 pub(crate) struct Handshake {
@@ -80,6 +83,8 @@ pub(crate) struct Handshake {
     used: HashSet<[u8; 16]>,
     used_order: VecDeque<([u8; 16], Instant)>,
     budget: HandshakeBudget,
+    /// Rate of NO_SESSION notices, per source and in total.
+    notices: HandshakeBudget,
     pending: VecDeque<PendingReg>,
     /// Places in `pending` per source.
     queued: HashMap<SourceKey, usize>,
@@ -137,6 +142,7 @@ impl Handshake {
                 now,
                 rng.next_u64(),
             ),
+            notices: HandshakeBudget::new(NOTICES_PER_SEC, 1, now, rng.next_u64()),
             pending: VecDeque::new(),
             queued: HashMap::new(),
             max_pending: cfg.max_pending_registrations,
@@ -159,6 +165,18 @@ impl Handshake {
     /// How often [`Handshake::rotate`] must run.
     pub(crate) fn rotation(&self) -> Duration {
         self.cookie_rotation
+    }
+
+    /// A sealed datagram or fragment from an address without a session: count it and, at a
+    /// bounded rate, say so (a 4-byte NO_SESSION, smaller than anything that earns it), so a
+    /// client whose session is gone (a timeout, a relay restart) registers again.
+    pub(crate) fn no_session(&mut self, inp: Input, out: &mut Outbox, tel: &mut Telemetry) {
+        tel.dropped(inp.now, inp.from, DropReason::UnknownSender);
+        if self.notices.try_spend(inp.from.ip(), inp.now).is_ok()
+            && out.push(inp.from, &Outer::NoSession, &mut tel.stats)
+        {
+            tel.stats.no_session_notices += 1;
+        }
     }
 
     /// HELLO: answer COOKIE (or REJECT(1)); no state, no RSA.

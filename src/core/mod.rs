@@ -9,6 +9,7 @@
 
 mod distribution;
 mod events;
+mod fragments;
 mod group;
 mod handshake;
 pub mod histogram;
@@ -28,12 +29,12 @@ pub use crate::config::{Config, ConfigError, MAX_ADMISSION_TOKEN, valid_name, va
 pub use events::RelayEvent;
 pub use histogram::{Histogram, Histograms};
 pub use relay::{
-    FederationStatus, GAUGES, KickTarget, LOCAL_RECORD_BYTES, LocalRecord, MAX_REMOTE_MEMBERS,
+    FederationStatus, KickTarget, LOCAL_RECORD_BYTES, LocalRecord, MAX_REMOTE_MEMBERS,
     MAX_REMOTE_PER_RELAY, RelayCore, RemoteClient, RosterDigest, local_records, member_digest,
     relay_of,
 };
 pub use session::ClientInfo;
-pub use stats::{DropReason, Metric, MetricKind, Stats};
+pub use stats::{DropReason, GAUGES, Metric, MetricKind, Stats};
 
 /// Where a datagram came from, when, and how long it was: what every input check needs.
 #[derive(Debug, Clone, Copy)]

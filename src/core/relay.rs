@@ -2,7 +2,7 @@
 //!
 //! [`RelayCore`] routes each input to the part that owns it — [`Handshake`] before a session
 //! exists, [`Sessions`] and the session's [`Channel`](crate::proto::channel::Channel) after,
-//! the [`Reassembler`] for fragments, a [`Distribution`] strategy for everything that goes to
+//! [`Fragments`] for fragments, a [`Distribution`] strategy for everything that goes to
 //! the other members — and keeps the timers. Its own code is the order of the checks and the
 //! state changes, nothing more.
 //!
@@ -22,26 +22,28 @@ use log::info;
 use super::Input;
 use super::distribution::{Cx, Strategy, Unicast};
 use super::events::{Events, RelayEvent};
+use super::fragments::{Fragments, Piece};
 use super::group::Group;
 use super::handshake::{Handshake, PendingReg, RegisterContext, Registration, reject};
 use super::histogram::Histograms; // monitoring hook
 use super::outbox::Outbox;
-use super::ratelimit::HandshakeBudget;
-use super::session::{ClientInfo, Liveness, Sessions};
-use super::stats::{DropReason, Metric, MetricKind, Stats, Telemetry};
+use super::session::{Liveness, Sessions, TokenRules};
+use super::stats::{DropReason, Telemetry};
 use super::timer::TimerWheel;
 use crate::config::{Config, ConfigError, Distribution};
-use crate::crypto::fernet::{self, FernetError};
 use crate::crypto::key::ServerKey;
 use crate::crypto::rng::Rng;
 use crate::proto::channel::Channel;
-use crate::proto::reassembly::{Reassembler, Shape};
+use crate::proto::reassembly::Shape;
 use crate::wire::{self, Body, LeaveReason, MAX_DATAGRAM, Outer, RejectCode, Sealed};
 
 // Federation hooks (remote members, the local record): a child module, so that the hooks
 // stay out of this file.
 #[path = "remote.rs"]
 mod remote;
+// What the host may read of the core (settings, counters, gauges, clients), beside it.
+#[path = "view.rs"]
+mod view;
 pub use remote::{
     FederationStatus, LOCAL_RECORD_BYTES, LocalRecord, MAX_REMOTE_MEMBERS, MAX_REMOTE_PER_RELAY,
     RemoteClient, RosterDigest, local_records, member_digest, relay_of,
@@ -67,84 +69,8 @@ enum Timer {
     CookieRotation,
 }
 
-/// NO_SESSION notices per second, all addresses together (each address: one a second).
-const NOTICES_PER_SEC: u32 = 100;
 /// Entry bytes per MEMBERS message: with SEQ and the TLV header the token fits a datagram.
 const MEMBERS_PART_BYTES: usize = 1000;
-
-/// The gauges `stats` and `metrics` show besides the counters, in order.
-pub const GAUGES: &[Metric] = &[
-    Metric {
-        name: "uptime_seconds",
-        help: "Seconds since the relay started.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "clients",
-        help: "Registered clients now.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "reassembly_bytes",
-        help: "Bytes held by incomplete reassemblies.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "reassemblies_in_flight",
-        help: "Incomplete reassemblies.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "pending_registrations",
-        help: "Validated REGISTERs waiting for their RSA decryption.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "send_queue_bytes",
-        help: "Bytes of datagrams waiting for the socket.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "group_mode",
-        help: "1 in group mode, 0 in unicast mode.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "group_epoch",
-        help: "The current group key epoch (group mode).",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "group_pending_acks",
-        help: "Version-3 members that have not acknowledged the current group key.",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "notice_backlog",
-        help: "JOIN and LEAVE notices still being sent (a burst is spread over loop turns).",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "remote_clients",
-        help: "Clients of other relays known here now (federation).",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "federation_peers_up",
-        help: "Peer relays heard from within their last three heartbeats (federation).",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "nats_connected",
-        help: "1 while the NATS link is up (federation).",
-        kind: MetricKind::Gauge,
-    },
-    Metric {
-        name: "nats_pending_bytes",
-        help: "Bytes of publishes waiting for the NATS link (federation; bounded).",
-        kind: MetricKind::Gauge,
-    },
-];
 
 /// The relay core. One owner; every method takes `&mut self` and the current time.
 #[derive(Debug)]
@@ -156,21 +82,16 @@ pub struct RelayCore {
     unix_at_start: u64,
     sessions: Sessions,
     handshake: Handshake,
-    reassembly: Reassembler,
-    reassembly_timer_armed: bool,
+    fragments: Fragments,
     timers: TimerWheel<Timer>,
     expired: Vec<Timer>,
     out: Outbox,
     tel: Telemetry,
     dist: Box<dyn Strategy>,
-    /// Rate of NO_SESSION notices, per source and in total.
-    notices: HandshakeBudget,
     events: Events,
     /// An opened plaintext.
     plain: Vec<u8>,
     scratch: Vec<u8>,
-    /// A reassembled token.
-    token: Vec<u8>,
     /// Plaintext being sealed for recipients (SEQ patched per recipient).
     seal_buf: Vec<u8>,
     shut_down: bool,
@@ -198,12 +119,10 @@ impl RelayCore {
             Distribution::Unicast => Box::new(Unicast::default()),
             Distribution::Group(g) => Box::new(Group::new(g.clone(), &mut rng, now)),
         };
-        let notices = HandshakeBudget::new(NOTICES_PER_SEC, 1, now, rng.next_u64());
         let relay_id = cfg.relay_id;
         Ok(RelayCore {
             dist,
-            notices,
-            reassembly: Reassembler::new(cfg.reassembly),
+            fragments: Fragments::new(cfg.reassembly),
             out: Outbox::new(cfg.max_send_queue),
             handshake,
             cfg,
@@ -213,101 +132,16 @@ impl RelayCore {
             unix_at_start: unix_now,
             sessions: Sessions::with_relay_id(relay_id),
             remote: relay_id.map(remote::Remote::new),
-            reassembly_timer_armed: false,
             timers,
             expired: Vec::new(),
             tel: Telemetry::new(now),
             events: Events::default(),
             plain: Vec::with_capacity(2048),
             scratch: Vec::with_capacity(2048),
-            token: Vec::with_capacity(2048),
             seal_buf: Vec::with_capacity(2048),
             shut_down: false,
             hist: Histograms::default(),
         })
-    }
-
-    /// The settings in force.
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-    /// Every counter.
-    pub fn stats(&self) -> &Stats {
-        &self.tel.stats
-    }
-    /// The relay's RSA key.
-    pub fn key(&self) -> &ServerKey {
-        &self.key
-    }
-    /// The distribution mode (`unicast` or `group`).
-    pub fn mode(&self) -> &'static str {
-        self.dist.mode()
-    }
-    /// The current group key epoch (0 in unicast mode).
-    pub fn epoch(&self) -> u32 {
-        self.dist.epoch()
-    }
-    /// Version-3 members that have not acknowledged the current group key.
-    pub fn pending_acks(&self) -> usize {
-        self.dist.pending_acks()
-    }
-    /// Registered clients now.
-    pub fn client_count(&self) -> usize {
-        self.sessions.len()
-    }
-    /// Bytes held by incomplete reassemblies.
-    pub fn reassembly_bytes(&self) -> usize {
-        self.reassembly.bytes_in_use()
-    }
-    /// Incomplete reassemblies.
-    pub fn reassemblies_in_flight(&self) -> usize {
-        self.reassembly.in_flight()
-    }
-    /// Registrations waiting for their RSA decryption.
-    pub fn pending_registrations(&self) -> usize {
-        self.handshake.pending_len()
-    }
-    /// Has [`RelayCore::shutdown`] run?
-    pub fn is_shut_down(&self) -> bool {
-        self.shut_down
-    }
-    /// Events the host did not drain in time (the queue holds 1024).
-    pub fn events_dropped(&self) -> u64 {
-        self.events.dropped()
-    }
-    /// Every registered client.
-    pub fn clients(&self) -> impl Iterator<Item = ClientInfo> + '_ {
-        self.sessions.iter().map(|(_, s)| s.info())
-    }
-    /// The [`GAUGES`] with their values at `now`.
-    pub fn gauges(&self, now: Instant) -> impl Iterator<Item = (&'static Metric, u64)> + '_ {
-        let values = [
-            now.saturating_duration_since(self.start).as_secs(),
-            self.sessions.len() as u64,
-            self.reassembly.bytes_in_use() as u64,
-            self.reassembly.in_flight() as u64,
-            self.handshake.pending_len() as u64,
-            self.out.queued_bytes() as u64,
-            u64::from(self.dist.mode() == "group"),
-            u64::from(self.dist.epoch()),
-            self.dist.pending_acks() as u64,
-            self.dist.backlog() as u64,
-            self.remote_client_count() as u64,
-            self.federation_status().map_or(0, |f| f.peers_up),
-            self.federation_status()
-                .map_or(0, |f| u64::from(f.nats_connected)),
-            self.federation_status().map_or(0, |f| f.nats_pending_bytes),
-        ];
-        GAUGES.iter().zip(values)
-    }
-    /// Handshake latency and message-size histograms (monitoring hook).
-    pub fn histograms(&self) -> &Histograms {
-        &self.hist
-    }
-    /// For the host to stamp a registration's end (monitoring hook; see
-    /// [`Histograms::stamp_registration`]).
-    pub fn histograms_mut(&mut self) -> &mut Histograms {
-        &mut self.hist
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -388,16 +222,9 @@ impl RelayCore {
         }
     }
 
-    /// A sealed datagram or fragment from an address without a session: count it and, at a
-    /// bounded rate, say so (a 4-byte NO_SESSION, smaller than anything that earns it), so a
-    /// client whose session is gone (a timeout, a relay restart) registers again.
     fn no_session(&mut self, now: Instant, from: SocketAddr) {
-        self.tel.dropped(now, from, DropReason::UnknownSender);
-        if self.notices.try_spend(from.ip(), now).is_ok()
-            && self.out.push(from, &Outer::NoSession, &mut self.tel.stats)
-        {
-            self.tel.stats.no_session_notices += 1;
-        }
+        let inp = Input { now, from, len: 0 };
+        self.handshake.no_session(inp, &mut self.out, &mut self.tel);
     }
 
     fn on_fragment(
@@ -419,86 +246,39 @@ impl RelayCore {
             // version-3 session is someone else's, so it never reaches the reassembler.
             return self.tel.dropped(now, from, DropReason::UnexpectedType);
         }
-        self.tel.stats.fragments_in += 1;
+        let key = (msg_id, index, count);
+        let stats = &mut self.tel.stats;
         match self
-            .reassembly
-            .insert(now, owner, msg_id, index, count, chunk)
+            .fragments
+            .insert(now, owner, key, chunk, Shape::TOKEN, stats)
         {
-            Ok(None) => self.arm_reassembly_timer(now),
-            Ok(Some(token)) => {
-                self.tel.stats.reassembled += 1;
-                let mut tok = std::mem::take(&mut self.token);
-                tok.clear();
-                tok.extend_from_slice(token);
-                self.on_sealed(now, slot, &tok);
-                self.token = tok;
+            Piece::Waiting { arm } => self.arm_reassembly_timer(arm),
+            Piece::Complete(token) => {
+                self.on_sealed(now, slot, &token);
+                self.fragments.recycle(token);
             }
-            Err(e) => self.tel.dropped(now, from, DropReason::from_fragment(&e)),
+            Piece::Dropped(d) => self.tel.dropped(now, from, d),
         }
-        let evicted = self.reassembly.take_evicted();
-        self.tel
-            .stats
-            .count_drops(DropReason::ReassemblyEvicted, evicted);
     }
 
     fn on_sealed(&mut self, now: Instant, slot: usize, token: &[u8]) {
-        let Some(s) = self.sessions.get(slot) else {
-            return;
+        let rules = TokenRules {
+            unix: self.unix(now),
+            ttl: Some(self.cfg.token_ttl.as_secs()),
+            skew: self.cfg.max_clock_skew.as_secs(),
         };
-        let from = s.addr;
-        self.plain.clear();
-        let ts = match s.channel.open(token, &mut self.scratch, &mut self.plain) {
-            Ok(ts) => ts,
-            Err(_) => return self.tel.dropped(now, from, DropReason::BadToken),
-        };
-        let ttl = Some(self.cfg.token_ttl.as_secs());
-        let skew = self.cfg.max_clock_skew.as_secs();
-        if let Err(e) = fernet::check_timestamp(ts, self.unix(now), ttl, skew) {
-            let d = match e {
-                FernetError::FromFuture => DropReason::TokenFromFuture,
-                _ => DropReason::TokenExpired,
-            };
-            return self.tel.dropped(now, from, d);
-        }
-        let plain = std::mem::take(&mut self.plain);
-        self.on_plaintext(now, slot, &plain, token.len());
-        self.plain = plain;
-    }
-
-    fn on_plaintext(&mut self, now: Instant, slot: usize, plain: &[u8], wire_len: usize) {
-        let Some(s) = self.sessions.get(slot) else {
-            return;
-        };
-        let (from, version) = (s.addr, s.channel.version());
-        let sealed = match wire::parse_sealed(plain) {
-            Ok(x) => x,
-            Err(e) => return self.tel.dropped(now, from, DropReason::from_wire(&e)),
-        };
-        if sealed.gseq.is_some() || !sealed.body.in_version(version) {
-            // Clients never number group items; version 1 and 2 know no version-3 TLV.
-            return self.tel.dropped(now, from, DropReason::UnknownType);
-        }
-        let allowed = matches!(
-            sealed.body,
-            Body::Data(_)
-                | Body::Keepalive
-                | Body::Disconnect
-                | Body::Frag { .. }
-                | Body::KeyAck { .. }
-                | Body::KeyPull { .. }
-        );
-        if !allowed {
-            return self.tel.dropped(now, from, DropReason::UnexpectedType);
-        }
-        // Authenticated: only now may the window move and liveness refresh.
         let Some(s) = self.sessions.get_mut(slot) else {
             return;
         };
-        if !s.channel.accept(sealed.seq) {
-            return self.tel.dropped(now, from, DropReason::Replay);
+        let mut plain = std::mem::take(&mut self.plain);
+        match s.accept(now, token, rules, &mut self.scratch, &mut plain) {
+            Ok(sealed) => self.on_body(now, slot, sealed, token.len()),
+            Err(d) => {
+                let from = s.addr;
+                self.tel.dropped(now, from, d);
+            }
         }
-        s.last_seen = now;
-        self.on_body(now, slot, sealed, wire_len);
+        self.plain = plain;
     }
 
     /// An authenticated, fresh body from the session in `slot`.
@@ -551,45 +331,33 @@ impl RelayCore {
         let Some((owner, from)) = self.sessions.get(slot).map(|s| (s.id, s.addr)) else {
             return;
         };
-        self.tel.stats.fragments_in += 1;
-        let shape = Shape::V3;
+        let key = (msg_id, index, count);
+        let stats = &mut self.tel.stats;
         match self
-            .reassembly
-            .insert_shaped(now, owner, (msg_id, index, count), chunk, shape)
+            .fragments
+            .insert(now, owner, key, chunk, Shape::V3, stats)
         {
-            Ok(None) => self.arm_reassembly_timer(now),
-            Ok(Some(body)) => {
-                self.tel.stats.reassembled += 1;
-                let mut tok = std::mem::take(&mut self.token);
-                tok.clear();
-                tok.extend_from_slice(body);
-                match wire::parse_reassembled(seq, &tok) {
+            Piece::Waiting { arm } => self.arm_reassembly_timer(arm),
+            Piece::Complete(body) => {
+                match wire::parse_reassembled(seq, &body) {
                     Ok(
                         sealed @ Sealed {
                             gseq: None,
                             body: Body::Data(_),
                             ..
                         },
-                    ) => {
-                        let len = tok.len();
-                        self.on_body(now, slot, sealed, len);
-                    }
+                    ) => self.on_body(now, slot, sealed, body.len()),
                     Ok(_) => self.tel.dropped(now, from, DropReason::UnexpectedType),
                     Err(e) => self.tel.dropped(now, from, DropReason::from_wire(&e)),
                 }
-                self.token = tok;
+                self.fragments.recycle(body);
             }
-            Err(e) => self.tel.dropped(now, from, DropReason::from_fragment(&e)),
+            Piece::Dropped(d) => self.tel.dropped(now, from, d),
         }
-        let evicted = self.reassembly.take_evicted();
-        let stats = &mut self.tel.stats;
-        stats.count_drops(DropReason::ReassemblyEvicted, evicted);
     }
 
-    fn arm_reassembly_timer(&mut self, now: Instant) {
-        if !self.reassembly_timer_armed {
-            self.reassembly_timer_armed = true;
-            let at = now + self.cfg.reassembly.timeout;
+    fn arm_reassembly_timer(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
             self.timers.insert(at, Timer::Reassembly);
         }
     }
@@ -598,9 +366,7 @@ impl RelayCore {
 
     /// The host measured `d` of wall time for RSA decryptions (counter `rsa_microseconds`).
     pub fn count_rsa_time(&mut self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let s = &mut self.tel.stats;
-        s.rsa_microseconds = s.rsa_microseconds.saturating_add(us);
+        self.tel.stats.count_rsa_time(d);
     }
 
     /// Run up to `max` queued RSA decryptions. Returns how many ran.
@@ -651,17 +417,8 @@ impl RelayCore {
             info!("client {name} registered again from {from}: its older session ends");
             self.remove_session(now, old, LeaveReason::Replaced, true);
         }
-        let full = if self.sessions.count_from(&from) >= self.cfg.max_clients_per_source {
-            Some((
-                DropReason::SourceFull,
-                "too many sessions from this address",
-            ))
-        } else if self.sessions.len() >= self.cfg.max_clients {
-            Some((DropReason::RelayFull, "relay full"))
-        } else {
-            None
-        };
-        if let Some((d, why)) = full {
+        let (max, per_source) = (self.cfg.max_clients, self.cfg.max_clients_per_source);
+        if let Some((d, why)) = self.sessions.refusal(&from, max, per_source) {
             self.tel.stats.handshakes_failed += 1;
             self.tel.dropped(now, from, d);
             let (out, stats) = (&mut self.out, &mut self.tel.stats);
@@ -738,24 +495,11 @@ impl RelayCore {
             return;
         };
         let me = me.id;
-        let mut entries = Vec::new();
         // Clients of other relays too (federation): everyone this member can talk to.
-        let total = self.sessions.len().saturating_sub(1) + self.remote_client_count();
-        let mut listed = 0;
-        let mut parts = Vec::new();
         let local = self.sessions.iter().filter(|(_, s)| s.id != me);
         let local = local.map(|(_, s)| (s.id, s.name.as_deref().map(str::as_bytes)));
         let remote = self.remote.iter().flat_map(|r| r.entries());
-        for (id, name) in local.chain(remote) {
-            wire::put_member(&mut entries, id, name);
-            listed += 1;
-            if entries.len() > MEMBERS_PART_BYTES - 5 - wire::MAX_NAME || listed == total {
-                parts.push(std::mem::take(&mut entries));
-            }
-        }
-        if parts.is_empty() {
-            parts.push(Vec::new()); // "nobody else": one empty, last part
-        }
+        let parts = wire::member_parts(local.chain(remote), MEMBERS_PART_BYTES);
         let n = parts.len();
         for (i, entries) in parts.iter().enumerate() {
             let body = Body::Members {
@@ -792,7 +536,7 @@ impl RelayCore {
         let Some(s) = self.sessions.remove(slot) else {
             return;
         };
-        self.reassembly.remove_owner(s.id);
+        self.fragments.remove_owner(s.id);
         self.tel.stats.leaves += 1;
         info!(
             "client {} ({}) left: {} ({} connected)",
@@ -845,7 +589,7 @@ impl RelayCore {
         dist.announce(&mut cx, None, &Body::Shutdown);
         let addrs: Vec<_> = self.sessions.iter().map(|(_, s)| s.addr).collect();
         for (id, addr) in self.sessions.clear().into_iter().zip(addrs) {
-            self.reassembly.remove_owner(id);
+            self.fragments.remove_owner(id);
             self.events.push(RelayEvent::Left {
                 id,
                 addr,
@@ -906,13 +650,8 @@ impl RelayCore {
                     }
                 }
                 Timer::Reassembly => {
-                    let n = self.reassembly.expire(now);
-                    let stats = &mut self.tel.stats;
-                    stats.count_drops(DropReason::ReassemblyTimeout, n as u64);
-                    match self.reassembly.next_expiry() {
-                        Some(at) => self.timers.insert(at, Timer::Reassembly),
-                        None => self.reassembly_timer_armed = false,
-                    }
+                    let next = self.fragments.expire(now, &mut self.tel.stats);
+                    self.arm_reassembly_timer(next);
                 }
                 Timer::CookieRotation => {
                     self.handshake.rotate(now, &mut self.rng);

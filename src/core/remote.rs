@@ -369,7 +369,7 @@ impl RelayCore {
 
     /// The counters, for the federation to count what it does (they are the core's, so that
     /// `stats`, `metrics` and `/stats` show them with everything else).
-    pub(crate) fn stats_mut(&mut self) -> &mut super::Stats {
+    pub(crate) fn stats_mut(&mut self) -> &mut crate::core::Stats {
         &mut self.tel.stats
     }
 

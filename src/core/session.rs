@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::ratelimit::{SourceKey, source_key};
+use super::stats::DropReason;
+use crate::crypto::fernet::{self, FernetError};
 use crate::proto::channel::Channel;
+use crate::wire::{self, Body, Sealed};
 
 /// One registered client.
 #[derive(Debug)]
@@ -53,7 +56,65 @@ pub struct ClientInfo {
     pub bytes_out: u64,
 }
 
+/// What a client's token must satisfy besides its key: the Fernet timestamp against the relay's
+/// clock (`unix`), at most `ttl` seconds old and `skew` seconds ahead.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenRules {
+    pub(crate) unix: u64,
+    pub(crate) ttl: Option<u64>,
+    pub(crate) skew: u64,
+}
+
 impl Session {
+    /// Open and check one token from this client: its key, its timestamp (`rules`), the inner
+    /// format, what a client may send in its version, and the replay window. Only a token that
+    /// passes every check moves the window and counts as hearing from the client at `now`.
+    /// The plaintext lands in `plain` (cleared first); the body borrows it.
+    ///
+    /// # Errors
+    /// Why the token was dropped; nothing about the session changed.
+    pub(crate) fn accept<'p>(
+        &mut self,
+        now: Instant,
+        token: &[u8],
+        rules: TokenRules,
+        scratch: &mut Vec<u8>,
+        plain: &'p mut Vec<u8>,
+    ) -> Result<Sealed<'p>, DropReason> {
+        plain.clear();
+        let ts = self
+            .channel
+            .open(token, scratch, plain)
+            .map_err(|_| DropReason::BadToken)?;
+        fernet::check_timestamp(ts, rules.unix, rules.ttl, rules.skew).map_err(|e| match e {
+            FernetError::FromFuture => DropReason::TokenFromFuture,
+            _ => DropReason::TokenExpired,
+        })?;
+        let sealed = wire::parse_sealed(plain).map_err(|e| DropReason::from_wire(&e))?;
+        if sealed.gseq.is_some() || !sealed.body.in_version(self.channel.version()) {
+            // Clients never number group items; version 1 and 2 know no version-3 TLV.
+            return Err(DropReason::UnknownType);
+        }
+        let allowed = matches!(
+            sealed.body,
+            Body::Data(_)
+                | Body::Keepalive
+                | Body::Disconnect
+                | Body::Frag { .. }
+                | Body::KeyAck { .. }
+                | Body::KeyPull { .. }
+        );
+        if !allowed {
+            return Err(DropReason::UnexpectedType);
+        }
+        // Authenticated: only now may the window move and liveness refresh.
+        if !self.channel.accept(sealed.seq) {
+            return Err(DropReason::Replay);
+        }
+        self.last_seen = now;
+        Ok(sealed)
+    }
+
     pub(crate) fn info(&self) -> ClientInfo {
         ClientInfo {
             id: self.id,
@@ -170,6 +231,26 @@ impl Sessions {
             .unwrap_or(0)
     }
 
+    /// Why a new session from `addr` may not be added now, if it may not: at `per_source`
+    /// sessions from its source (checked first) or at `max` in all.
+    pub(crate) fn refusal(
+        &self,
+        addr: &SocketAddr,
+        max: usize,
+        per_source: usize,
+    ) -> Option<(DropReason, &'static str)> {
+        if self.count_from(addr) >= per_source {
+            Some((
+                DropReason::SourceFull,
+                "too many sessions from this address",
+            ))
+        } else if self.len() >= max {
+            Some((DropReason::RelayFull, "relay full"))
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn slot_of(&self, addr: &SocketAddr) -> Option<usize> {
         self.by_addr.get(addr).copied()
     }
@@ -279,6 +360,72 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// A token the client of [`channel`] would send: `SEQ, body`, stamped `unix`.
+    fn token(seq: u64, body: &Body<'_>, unix: u64) -> Vec<u8> {
+        let mut plain = Vec::new();
+        wire::write_inner(&mut plain, seq, body);
+        let mut out = Vec::new();
+        channel().seal_into(&[9; 16], unix, &plain, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_token_is_accepted_once_and_only_when_every_check_passes() {
+        let t0 = Instant::now();
+        let mut sessions = Sessions::new();
+        let slot = sessions.insert(addr(1), channel(), None, t0);
+        let s = sessions.get_mut(slot).expect("inserted");
+        let rules = TokenRules {
+            unix: 1_000_000,
+            ttl: Some(60),
+            skew: 10,
+        };
+        let (mut scratch, mut plain) = (Vec::new(), Vec::new());
+        let mut accept = |s: &mut Session, at: Instant, tok: &[u8]| {
+            s.accept(at, tok, rules, &mut scratch, &mut plain)
+                .map(|sealed| (sealed.seq, format!("{:?}", sealed.body)))
+        };
+        let t1 = t0 + Duration::from_secs(1);
+        let good = token(1, &Body::Data(b"hi"), 1_000_000);
+        assert_eq!(
+            accept(s, t1, &good),
+            Ok((1, format!("{:?}", Body::Data(b"hi"))))
+        );
+        assert_eq!(s.last_seen, t1, "heard from");
+        let t2 = t0 + Duration::from_secs(2);
+        let refused = [
+            (good.clone(), DropReason::Replay),
+            (b"not a token".to_vec(), DropReason::BadToken),
+            (
+                token(2, &Body::Keepalive, 1_000_000 - 61),
+                DropReason::TokenExpired,
+            ),
+            (
+                token(3, &Body::Keepalive, 1_000_000 + 11),
+                DropReason::TokenFromFuture,
+            ),
+            (
+                token(4, &Body::KeepaliveAck, 1_000_000),
+                DropReason::UnexpectedType,
+            ),
+            // A version-2 session knows no version-3 TLV.
+            (
+                token(5, &Body::KeyPull { epoch: 1 }, 1_000_000),
+                DropReason::UnknownType,
+            ),
+        ];
+        for (tok, why) in refused {
+            assert_eq!(accept(s, t2, &tok), Err(why));
+        }
+        assert_eq!(
+            s.last_seen, t1,
+            "nothing refused counts as hearing from the client"
+        );
+        // The refused seqs 2..=5 did not move the window: they are still fresh.
+        let later = token(2, &Body::Keepalive, 1_000_000);
+        assert_eq!(accept(s, t2, &later).map(|x| x.0), Ok(2));
+    }
+
     #[test]
     fn slots_addresses_and_ids_stay_consistent() {
         let now = Instant::now();
@@ -298,6 +445,15 @@ mod tests {
         assert_eq!(c, a);
         assert_eq!(s.get(c).map(|x| x.id), Some(3));
         assert_eq!(s.count_from(&addr(7)), 2, "both on 127.0.0.1");
+        assert_eq!(s.refusal(&addr(7), 3, 3), None);
+        assert_eq!(
+            s.refusal(&addr(7), 3, 2).map(|r| r.0),
+            Some(DropReason::SourceFull)
+        );
+        assert_eq!(
+            s.refusal(&addr(7), 2, 3).map(|r| r.0),
+            Some(DropReason::RelayFull)
+        );
         assert_eq!(s.clear(), vec![3, 2]);
         assert_eq!(s.len(), 0);
         assert_eq!(s.count_from(&addr(7)), 0);

@@ -219,6 +219,12 @@ impl Stats {
     pub fn count_drop(&mut self, d: DropReason) {
         self.count_drops(d, 1);
     }
+    /// Add `d` of wall time spent on RSA decryptions (`rsa_microseconds`).
+    pub fn count_rsa_time(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.rsa_microseconds = self.rsa_microseconds.saturating_add(us);
+    }
+
     /// Count `n` dropped inputs.
     pub fn count_drops(&mut self, d: DropReason, n: u64) {
         self.drops[d as usize] += n;
@@ -296,6 +302,80 @@ impl DropLog {
         }
     }
 }
+
+/// The gauges `stats` and `metrics` show besides the counters, in order.
+pub const GAUGES: &[Metric] = &[
+    Metric {
+        name: "uptime_seconds",
+        help: "Seconds since the relay started.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "clients",
+        help: "Registered clients now.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "reassembly_bytes",
+        help: "Bytes held by incomplete reassemblies.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "reassemblies_in_flight",
+        help: "Incomplete reassemblies.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "pending_registrations",
+        help: "Validated REGISTERs waiting for their RSA decryption.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "send_queue_bytes",
+        help: "Bytes of datagrams waiting for the socket.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "group_mode",
+        help: "1 in group mode, 0 in unicast mode.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "group_epoch",
+        help: "The current group key epoch (group mode).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "group_pending_acks",
+        help: "Version-3 members that have not acknowledged the current group key.",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "notice_backlog",
+        help: "JOIN and LEAVE notices still being sent (a burst is spread over loop turns).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "remote_clients",
+        help: "Clients of other relays known here now (federation).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "federation_peers_up",
+        help: "Peer relays heard from within their last three heartbeats (federation).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "nats_connected",
+        help: "1 while the NATS link is up (federation).",
+        kind: MetricKind::Gauge,
+    },
+    Metric {
+        name: "nats_pending_bytes",
+        help: "Bytes of publishes waiting for the NATS link (federation; bounded).",
+        kind: MetricKind::Gauge,
+    },
+];
 
 #[cfg(test)]
 mod tests {

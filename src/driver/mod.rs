@@ -227,6 +227,24 @@ fn unicast_socket(net: &NetConfig) -> Result<std::net::UdpSocket, Error> {
     Ok(s.into())
 }
 
+/// The group socket (reads, on the range's first token) and the reply socket (writes, on
+/// its second), registered with the host's `registry`.
+fn open_sockets(
+    net: &NetConfig,
+    registry: &Registry,
+    tokens: TokenRange,
+) -> Result<(UdpSocket, UdpSocket), Error> {
+    let mut mcast = UdpSocket::from_std(multicast_socket(net)?);
+    let mut ucast = UdpSocket::from_std(unicast_socket(net)?);
+    registry
+        .register(&mut mcast, Token(tokens.start), Interest::READABLE)
+        .map_err(Error::io("register"))?;
+    registry
+        .register(&mut ucast, Token(tokens.start + 1), Interest::WRITABLE)
+        .map_err(Error::io("register"))?;
+    Ok((mcast, ucast))
+}
+
 impl Relay {
     /// Start building a relay with RSA key `key`.
     pub fn builder(key: ServerKey) -> RelayBuilder {
@@ -259,19 +277,18 @@ impl Relay {
         (fed_rng, unix_micros): (Rng, u64),
     ) -> Result<Relay, Error> {
         let rsa_percent = core.config().handshake_cpu_percent;
-        let mut mcast = UdpSocket::from_std(multicast_socket(&net)?);
-        let mut ucast = UdpSocket::from_std(unicast_socket(&net)?);
-        let t = |i: usize| Token(tokens.start + i);
-        registry
-            .register(&mut mcast, t(0), Interest::READABLE)
-            .map_err(Error::io("register"))?;
-        registry
-            .register(&mut ucast, t(1), Interest::WRITABLE)
-            .map_err(Error::io("register"))?;
+        let (mcast, ucast) = open_sockets(&net, registry, tokens)?;
         let control = match net.control {
             Some(addr) => Some(
-                ControlServer::new(registry, addr, t(2), tokens.start + 3, &net, now)
-                    .map_err(Error::io("bind the control port"))?,
+                ControlServer::new(
+                    registry,
+                    addr,
+                    Token(tokens.start + 2),
+                    tokens.start + 3,
+                    &net,
+                    now,
+                )
+                .map_err(Error::io("bind the control port"))?,
             ),
             None => None,
         };
@@ -294,21 +311,7 @@ impl Relay {
             )?),
             None => None,
         };
-        let reply_from = ucast.local_addr().map(|a| a.to_string());
-        let control_at = control.as_ref().map(|c| c.local_addr().to_string());
-        info!(
-            "relay listening on {}:{} (joined on {}), replies from {}, control {}",
-            net.group,
-            net.port,
-            net.iface,
-            reply_from.unwrap_or_default(),
-            control_at.unwrap_or_else(|| "off".into())
-        );
-        info!(
-            "relay key fingerprint (SHA-256 of SPKI DER): {}",
-            core.key().fingerprint_hex()
-        );
-        Ok(Relay {
+        let relay = Relay {
             core,
             net,
             mcast,
@@ -328,7 +331,27 @@ impl Relay {
             stop_requested: false,
             stop_reported: false,
             stopped: false,
-        })
+        };
+        relay.log_listening();
+        Ok(relay)
+    }
+
+    /// Where the relay listens and its key's fingerprint, once at start.
+    fn log_listening(&self) {
+        let reply_from = self.ucast.local_addr().map(|a| a.to_string());
+        let control_at = self.control.as_ref().map(|c| c.local_addr().to_string());
+        info!(
+            "relay listening on {}:{} (joined on {}), replies from {}, control {}",
+            self.net.group,
+            self.net.port,
+            self.net.iface,
+            reply_from.unwrap_or_default(),
+            control_at.unwrap_or_else(|| "off".into())
+        );
+        info!(
+            "relay key fingerprint (SHA-256 of SPKI DER): {}",
+            self.core.key().fingerprint_hex()
+        );
     }
 
     fn with_log_level_managed(mut self, on: bool) -> Self {

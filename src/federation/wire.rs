@@ -307,6 +307,42 @@ fn entry(b: &[u8]) -> Option<(u32, Option<&str>, &[u8])> {
 /// Parse a plaintext (exact: see the module docs).
 pub fn parse(plain: &[u8]) -> Result<(Header, Msg<'_>), ParseError> {
     let mut r = Reader(plain);
+    let (kind, h) = header(&mut r)?;
+    let msg = match kind {
+        Kind::Data => {
+            let sender = client_of(r.u32()?, h.origin)?;
+            let name = r.name()?;
+            let data = r.rest();
+            if data.len() > MAX_BODY {
+                return Err(ParseError::Value("data length"));
+            }
+            Msg::Data { sender, name, data }
+        }
+        Kind::Join => {
+            let client = client_of(r.u32()?, h.origin)?;
+            Msg::Join {
+                client,
+                name: r.name()?,
+            }
+        }
+        Kind::Leave => {
+            let client = client_of(r.u32()?, h.origin)?;
+            Msg::Leave {
+                client,
+                reason: r.u8()?,
+            }
+        }
+        Kind::Heartbeat => heartbeat(&mut r)?,
+        Kind::Roster => roster(&mut r, &h)?,
+        Kind::Sync => Msg::Sync { target: r.u8()? },
+        Kind::Bye => Msg::Bye,
+    };
+    r.end()?;
+    Ok((h, msg))
+}
+
+/// The 20-byte header, checked field by field in order.
+fn header(r: &mut Reader<'_>) -> Result<(Kind, Header), ParseError> {
     let format = r.u8()?;
     if format != FORMAT {
         return Err(ParseError::Format(format));
@@ -330,90 +366,68 @@ pub fn parse(plain: &[u8]) -> Result<(Header, Msg<'_>), ParseError> {
         incarnation,
         seq,
     };
-    let msg = match kind {
-        Kind::Data => {
-            let sender = client_of(r.u32()?, origin)?;
-            let name = r.name()?;
-            let data = r.rest();
-            if data.len() > MAX_BODY {
-                return Err(ParseError::Value("data length"));
-            }
-            Msg::Data { sender, name, data }
-        }
-        Kind::Join => {
-            let client = client_of(r.u32()?, origin)?;
-            Msg::Join {
-                client,
-                name: r.name()?,
-            }
-        }
-        Kind::Leave => {
-            let client = client_of(r.u32()?, origin)?;
-            Msg::Leave {
-                client,
-                reason: r.u8()?,
-            }
-        }
-        Kind::Heartbeat => {
-            let interval_ms = r.u32()?;
-            if !INTERVAL_MS.contains(&interval_ms) {
-                return Err(ParseError::Value("interval"));
-            }
-            let roster = RosterDigest {
-                members: r.u32()?,
-                digest: r.u64()?,
-            };
-            let n = usize::from(r.u8()?);
-            let pairs = r.take(n * 9)?;
-            let received = Received(pairs);
-            let mut seen = [false; 256];
-            for (relay, _) in received.iter() {
-                if relay == 0 || std::mem::replace(&mut seen[usize::from(relay)], true) {
-                    return Err(ParseError::Value("received relay"));
-                }
-            }
-            Msg::Heartbeat {
-                interval_ms,
-                roster,
-                received,
-            }
-        }
-        Kind::Roster => {
-            let snapshot = r.u64()?;
-            let part = r.u16()?;
-            let parts = r.u16()?;
-            if parts == 0 || parts > MAX_ROSTER_PARTS || part >= parts {
-                return Err(ParseError::Value("roster part"));
-            }
-            if seq.checked_sub(u64::from(part)) != Some(snapshot) {
-                return Err(ParseError::Value("roster snapshot"));
-            }
-            let total = RosterDigest {
-                members: r.u32()?,
-                digest: r.u64()?,
-            };
-            let bytes = r.rest();
-            let mut rest = bytes;
-            while !rest.is_empty() {
-                let Some((id, _, tail)) = entry(rest) else {
-                    return Err(ParseError::Value("roster entry"));
-                };
-                client_of(id, origin)?;
-                rest = tail;
-            }
-            Msg::Roster {
-                snapshot,
-                part,
-                parts,
-                total,
-                entries: Entries(bytes),
-            }
-        }
-        Kind::Sync => Msg::Sync { target: r.u8()? },
-        Kind::Bye => Msg::Bye,
+    Ok((kind, h))
+}
+
+/// HEARTBEAT's body: the interval, the roster summary, and (relay, received) pairs, each
+/// relay once and none 0.
+fn heartbeat<'a>(r: &mut Reader<'a>) -> Result<Msg<'a>, ParseError> {
+    let interval_ms = r.u32()?;
+    if !INTERVAL_MS.contains(&interval_ms) {
+        return Err(ParseError::Value("interval"));
+    }
+    let roster = RosterDigest {
+        members: r.u32()?,
+        digest: r.u64()?,
     };
-    r.end()?;
-    Ok((h, msg))
+    let n = usize::from(r.u8()?);
+    let pairs = r.take(n * 9)?;
+    let received = Received(pairs);
+    let mut seen = [false; 256];
+    for (relay, _) in received.iter() {
+        if relay == 0 || std::mem::replace(&mut seen[usize::from(relay)], true) {
+            return Err(ParseError::Value("received relay"));
+        }
+    }
+    Ok(Msg::Heartbeat {
+        interval_ms,
+        roster,
+        received,
+    })
+}
+
+/// ROSTER's body: which part of which snapshot (numbered by the seq of its part 0), the
+/// snapshot's summary, and entries of the origin's clients to the end.
+fn roster<'a>(r: &mut Reader<'a>, h: &Header) -> Result<Msg<'a>, ParseError> {
+    let snapshot = r.u64()?;
+    let part = r.u16()?;
+    let parts = r.u16()?;
+    if parts == 0 || parts > MAX_ROSTER_PARTS || part >= parts {
+        return Err(ParseError::Value("roster part"));
+    }
+    if h.seq.checked_sub(u64::from(part)) != Some(snapshot) {
+        return Err(ParseError::Value("roster snapshot"));
+    }
+    let total = RosterDigest {
+        members: r.u32()?,
+        digest: r.u64()?,
+    };
+    let bytes = r.rest();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Some((id, _, tail)) = entry(rest) else {
+            return Err(ParseError::Value("roster entry"));
+        };
+        client_of(id, h.origin)?;
+        rest = tail;
+    }
+    Ok(Msg::Roster {
+        snapshot,
+        part,
+        parts,
+        total,
+        entries: Entries(bytes),
+    })
 }
 
 fn put_name(out: &mut Vec<u8>, name: Option<&str>) {
@@ -674,6 +688,51 @@ mod tests {
         out.clear();
         write(&mut out, &h(1), &hb(1000, &twice));
         assert_eq!(parse(&out).err(), Some(ParseError::Value("received relay")));
+    }
+
+    #[test]
+    fn roster_heartbeat_and_data_bounds_are_checked() {
+        let refused = |seq, m: &Msg<'_>| {
+            let mut out = Vec::new();
+            write(&mut out, &h(seq), m);
+            parse(&out).err()
+        };
+        let roster = |snapshot, part, parts, e| Msg::Roster {
+            snapshot,
+            part,
+            parts,
+            total: RosterDigest::default(),
+            entries: roster_entries(e),
+        };
+        let part = Some(ParseError::Value("roster part"));
+        assert_eq!(refused(1, &roster(1, 0, 0, &[])), part);
+        assert_eq!(refused(3, &roster(1, 2, 2, &[])), part);
+        assert_eq!(refused(1, &roster(1, 0, MAX_ROSTER_PARTS + 1, &[])), part);
+        assert_eq!(refused(1, &roster(1, 0, MAX_ROSTER_PARTS, &[])), None);
+        assert_eq!(
+            refused(1, &roster(1, 0, 1, &[2, 0])),
+            Some(ParseError::Value("roster entry"))
+        );
+        let mut theirs = Vec::new();
+        put_entry(&mut theirs, 0x0300_0001, None);
+        assert_eq!(
+            refused(1, &roster(1, 0, 1, &theirs)),
+            Some(ParseError::Value("client id"))
+        );
+        let relay_0 = [0u8, 0, 0, 0, 0, 0, 0, 0, 1];
+        let hb = Msg::Heartbeat {
+            interval_ms: 1000,
+            roster: RosterDigest::default(),
+            received: heartbeat_pairs(&relay_0),
+        };
+        assert_eq!(refused(1, &hb), Some(ParseError::Value("received relay")));
+        let big = vec![0; MAX_BODY + 1];
+        let data = Msg::Data {
+            sender: 0x0200_0001,
+            name: None,
+            data: &big,
+        };
+        assert_eq!(refused(1, &data), Some(ParseError::Value("data length")));
     }
 
     #[test]

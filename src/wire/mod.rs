@@ -11,8 +11,8 @@ mod tlv;
 
 pub use self::datagram::{Outer, put_group_header};
 pub use self::sealed::{
-    Body, Dist, Member, Sealed, members, parse_inner, parse_reassembled, parse_sealed, put_member,
-    write_body, write_inner, write_sealed,
+    Body, Dist, Member, Sealed, member_parts, members, parse_inner, parse_reassembled,
+    parse_sealed, put_member, write_body, write_inner, write_sealed,
 };
 pub use tlv::{TlvIter, WireError, put_tlv, put_tlv_header};
 

@@ -428,6 +428,27 @@ pub fn put_member(out: &mut Vec<u8>, id: u32, name: Option<&[u8]>) {
     out.extend_from_slice(name);
 }
 
+/// Cut a member list into the entries of MEMBERS messages of at most `part_bytes` bytes each
+/// (an entry is never split). An empty list is one empty part: "nobody else".
+pub fn member_parts<'a>(
+    members: impl Iterator<Item = (u32, Option<&'a [u8]>)>,
+    part_bytes: usize,
+) -> Vec<Vec<u8>> {
+    let mut parts = Vec::new();
+    let mut entries = Vec::new();
+    for (id, name) in members {
+        // The largest entry still fits after this one.
+        if entries.len() + 5 + MAX_NAME > part_bytes {
+            parts.push(std::mem::take(&mut entries));
+        }
+        put_member(&mut entries, id, name);
+    }
+    if !entries.is_empty() || parts.is_empty() {
+        parts.push(entries);
+    }
+    parts
+}
+
 /// Append the sealed plaintext `SEQ, body` to `out`.
 pub fn write_inner(out: &mut Vec<u8>, seq: u64, body: &Body<'_>) {
     write_sealed(out, seq, None, body);
@@ -774,6 +795,30 @@ mod tests {
             },
         );
         assert!(parse_sealed(&b).is_err());
+    }
+
+    #[test]
+    fn member_lists_are_cut_into_parts_that_fit_and_lose_nobody() {
+        assert_eq!(
+            member_parts(std::iter::empty(), 1000),
+            vec![Vec::<u8>::new()]
+        );
+        let name = [b'n'; MAX_NAME];
+        let list = (1..=100u32).map(|id| (id, (id % 2 == 0).then_some(&name[..])));
+        let parts = member_parts(list, 1000);
+        assert!(parts.len() > 1);
+        assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= 1000));
+        let ids: Vec<u32> = parts
+            .iter()
+            .flat_map(|p| members(p))
+            .map(|m| m.map(|m| m.id))
+            .collect::<Result<_, _>>()
+            .expect("every part parses");
+        assert_eq!(ids, (1..=100).collect::<Vec<_>>());
+        // Each part but the last is full: one more largest entry would not have fit.
+        for p in &parts[..parts.len() - 1] {
+            assert!(p.len() + 5 + MAX_NAME > 1000);
+        }
     }
 
     #[test]

@@ -45,24 +45,34 @@ impl Flags {
     where
         T::Err: std::fmt::Display,
     {
-        let raw: Option<String> = self
-            .args
-            .opt_value_from_str(name)
-            .map_err(|e| UsageError(format!("{name}: {e}")))?;
-        let (raw, src) = match raw {
-            Some(r) => (Some(r), name.to_string()),
-            None => (
-                std::env::var(env).ok().filter(|v| !v.is_empty()),
-                format!("${env}"),
-            ),
-        };
-        match raw {
+        match self.raw(name, env)? {
             None => Ok(None),
-            Some(r) => r
+            Some((r, src)) => r
                 .parse::<T>()
                 .map(Some)
                 .map_err(|e| UsageError(format!("{src}: invalid value {r:?}: {e}"))),
         }
+    }
+
+    /// The text of `--name VALUE` or `$env`, with where it came from. Not generic, so that
+    /// `opt` and `get` add only the parse to each of their many instances (binary size).
+    #[inline(never)]
+    fn raw(
+        &mut self,
+        name: &'static str,
+        env: &str,
+    ) -> Result<Option<(String, String)>, UsageError> {
+        let raw: Option<String> = self
+            .args
+            .opt_value_from_str(name)
+            .map_err(|e| UsageError(format!("{name}: {e}")))?;
+        Ok(match raw {
+            Some(r) => Some((r, name.to_string())),
+            None => std::env::var(env)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| (v, format!("${env}"))),
+        })
     }
 
     pub fn get<T: FromStr>(

@@ -64,3 +64,27 @@ pub fn sd_notify(state: &str) {
         log::warn!("sd_notify({state}): {e}");
     }
 }
+
+/// glibc's `pthread_getattr_np`, replaced in the statically linked binary by one that always
+/// fails (docs/performance.md, "Binary size under 2 MiB": the last of its savings, 105 KB).
+///
+/// Its only caller is Rust's runtime, which asks where the stack of the main thread (at
+/// start-up) and of each spawned thread (when it starts) ends, only so that a stack overflow
+/// can be reported as `thread 'main' has overflowed its stack` and an abort (exit 134). For
+/// the main thread glibc answers by parsing /proc/self/maps with `sscanf`, and that links
+/// glibc's whole scanf and strtod machinery into a static binary. When the call fails, the
+/// runtime records no guard range (as it always does for musl's main thread), and an
+/// overflow still stops the process at the kernel's or glibc's guard page, as a plain SIGSEGV
+/// (exit 139) without the message. Nothing else calls it: not our code, no dependency, and no
+/// object of libc.a (`nm` lists no reference; glibc's own implementation stays reachable as
+/// `__pthread_getattr_np`, and its `pthread_getattr_np` is a weak alias, which this strong
+/// definition replaces). A dynamically linked build keeps glibc's.
+#[cfg(all(target_os = "linux", target_env = "gnu", target_feature = "crt-static"))]
+#[allow(unsafe_code)]
+#[unsafe(no_mangle)]
+pub extern "C" fn pthread_getattr_np(
+    _thread: libc::pthread_t,
+    _attr: *mut libc::pthread_attr_t,
+) -> libc::c_int {
+    libc::ENOSYS
+}

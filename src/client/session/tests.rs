@@ -102,5 +102,5 @@ fn its_own_leave_on_the_group_is_checked_with_a_probe_not_reported() {
     c.on_item(now, None, Body::Leave { id, reason: 2 });
     assert!(c.poll_event().is_none(), "its own LEAVE was reported");
     assert!(c.poll_transmit().is_some(), "no probe was sent");
-    assert!(c.probe.is_some());
+    assert!(c.liveness.probing());
 }
