@@ -180,6 +180,10 @@ pub struct Federation {
     unix_at_start: u64,
     /// By relay id.
     peers: Vec<Option<Peer>>,
+    /// The ids of `peers` that are there, ascending (peers are never removed). The per-turn
+    /// scans (`flush`, `poll_timeout`, `status`) walk these, not the 256 slots: each
+    /// `Option<Peer>` is a few hundred bytes, and the loop calls them several times a turn.
+    known: Vec<u8>,
     up: bool,
     server: Option<SocketAddr>,
     ever_up: bool,
@@ -210,7 +214,7 @@ impl fmt::Debug for Federation {
             .field("up", &self.up)
             .field("server", &self.server)
             .field("cut_off", &self.cut_off)
-            .field("peers", &self.peers.iter().flatten().count())
+            .field("peers", &self.known.len())
             .finish_non_exhaustive()
     }
 }
@@ -238,6 +242,7 @@ impl Federation {
             start: now,
             unix_at_start: unix_micros / 1_000_000,
             peers: (0..256).map(|_| None).collect(),
+            known: Vec::new(),
             up: false,
             server: None,
             ever_up: false,
@@ -298,16 +303,21 @@ impl Federation {
 
     /// Every peer relay known, by id.
     pub fn peers(&self, core: &RelayCore) -> Vec<PeerInfo> {
-        self.peers
-            .iter()
-            .flatten()
+        self.known_peers()
             .map(|p| p.info(core.remote_digest(p.id).members))
             .collect()
     }
 
+    /// Every peer relay known, in id order.
+    fn known_peers(&self) -> impl Iterator<Item = &Peer> + Clone + '_ {
+        self.known
+            .iter()
+            .filter_map(|&id| self.peers[usize::from(id)].as_ref())
+    }
+
     /// The summary the core shows (`/healthz`, gauges); `pending_bytes` is the NATS client's.
     pub fn status(&self, pending_bytes: usize) -> FederationStatus {
-        let known = self.peers.iter().flatten();
+        let known = self.known_peers();
         FederationStatus {
             nats_connected: self.up,
             nats_server: self.server.filter(|_| self.up),
@@ -439,6 +449,9 @@ impl Federation {
                     "federation: relay {} (incarnation {}) appeared",
                     h.origin, h.incarnation
                 );
+                if let Err(at) = self.known.binary_search(&h.origin) {
+                    self.known.insert(at, h.origin);
+                }
                 self.peers[slot].insert(Peer::new(h.origin, h.incarnation, now, interval))
             }
         };
@@ -693,7 +706,8 @@ impl Federation {
             core.stats_mut().federation_roster_requests += 1;
             self.send(now, core, publish, &Msg::Sync { target: 0 });
         }
-        for slot in 1..self.peers.len() {
+        for i in 0..self.known.len() {
+            let slot = usize::from(self.known[i]);
             let due = self.peers[slot].as_ref().is_some_and(|p| {
                 p.sync_wanted && p.alive() && p.sync_sent.is_none_or(|t| now >= t + p.interval)
             });
@@ -766,7 +780,7 @@ impl Federation {
     fn publish_heartbeat(&mut self, now: Instant, core: &mut RelayCore, publish: &mut Publish<'_>) {
         let mut pairs = std::mem::take(&mut self.scratch);
         pairs.clear();
-        for p in self.peers.iter().flatten().filter(|p| p.alive()).take(255) {
+        for p in self.known_peers().filter(|p| p.alive()).take(255) {
             pairs.push(p.id);
             pairs.extend_from_slice(&p.msgs_in_incarnation.to_be_bytes());
         }
@@ -823,7 +837,7 @@ impl Federation {
             return None;
         }
         let mut at = self.next_heartbeat;
-        for p in self.peers.iter().flatten().filter(|p| p.alive()) {
+        for p in self.known_peers().filter(|p| p.alive()) {
             at = at.min(p.deadline(MISSED_HEARTBEATS));
             if self.up && p.sync_wanted {
                 at = at.min(p.sync_sent.map_or(self.start, |t| t + p.interval));
@@ -852,8 +866,8 @@ impl Federation {
         if self.shut_down {
             return;
         }
-        for slot in 1..self.peers.len() {
-            let Some(p) = self.peers[slot].as_mut() else {
+        for i in 0..self.known.len() {
+            let Some(p) = self.peers[usize::from(self.known[i])].as_mut() else {
                 continue;
             };
             if !p.alive() || now < p.deadline(MISSED_HEARTBEATS) {

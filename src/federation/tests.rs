@@ -545,3 +545,56 @@ fn a_roster_in_many_parts_is_applied_whole_and_a_broken_one_is_not() {
     }
     assert_eq!(joins, 8000);
 }
+
+#[test]
+fn peers_heard_in_any_order_are_listed_counted_and_watched_in_id_order() {
+    // Peers are walked through the list of known ids, not the 256 slots: whatever order
+    // they appear in, `peers` lists them by id, `status` counts them, heartbeats report
+    // them and a silent one is lost while the others stay up.
+    let mut w = World::new();
+    let me = w.add(1);
+    let others: Vec<usize> = [200, 3, 77, 9].iter().map(|&id| w.add(id)).collect();
+    let (mut c1, _) = w.client(me, 5001);
+    let (mut c3, _) = w.client(others[1], 5003);
+    w.settle();
+    w.advance(Duration::from_millis(1500));
+    let ids = |w: &World| -> Vec<(u8, PeerState)> {
+        let n = &w.nodes[me];
+        n.fed
+            .peers(&n.net.core)
+            .iter()
+            .map(|p| (p.id, p.state))
+            .collect()
+    };
+    assert_eq!(
+        ids(&w),
+        [3, 9, 77, 200].map(|id| (id, PeerState::Up)).to_vec()
+    );
+    let st = w.nodes[me].fed.status(0);
+    assert_eq!((st.peers_up, st.peers_known), (4, 4));
+    // Relay 1's heartbeats report the DATA it received from each peer.
+    c3.send(w.now, b"hi").unwrap();
+    w.nodes[others[1]].net.send(addr(5003), &mut c3);
+    w.settle();
+    assert_eq!(messages(&w.events(me, 5001, &mut c1)).len(), 1);
+    w.advance(HB + Duration::from_millis(100));
+    let n = &w.nodes[others[1]];
+    let view = n.fed.peers(&n.net.core);
+    let of_me = view.iter().find(|p| p.id == 1).expect("relay 1 known to 3");
+    assert_eq!(of_me.msgs_out, 1, "relay 1's heartbeat lists relay 3");
+    // Relay 77 falls silent: lost within three heartbeats, the others stay up.
+    w.nodes[others[2]].up = false;
+    w.advance(3 * HB + Duration::from_millis(200));
+    assert_eq!(
+        ids(&w),
+        vec![
+            (3, PeerState::Up),
+            (9, PeerState::Up),
+            (77, PeerState::Lost),
+            (200, PeerState::Up)
+        ]
+    );
+    let st = w.nodes[me].fed.status(0);
+    assert_eq!((st.peers_up, st.peers_known), (3, 4));
+    assert_eq!(w.stats(me).federation_peers_lost, 1);
+}
