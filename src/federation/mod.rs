@@ -29,6 +29,8 @@
 //! 5. before the core's shutdown is flushed: [`Federation::shutdown`] (publishes BYE).
 #![warn(missing_docs, unreachable_pub)]
 
+mod config;
+mod outbound;
 mod peers;
 #[cfg(test)]
 mod tests;
@@ -40,14 +42,16 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
+pub use self::config::FederationConfig;
+use self::outbound::{Clock, LogLimit, Outbound};
 use self::peers::{Peer, PendingRoster};
 pub use self::peers::{PeerInfo, PeerState};
 use self::wire::{Header, Msg};
 use crate::config::ConfigError;
-use crate::core::{FederationStatus, LocalRecord, RelayCore, local_records};
+use crate::core::{FederationStatus, RelayCore};
 use crate::crypto::fernet::{self, FernetKey};
 use crate::crypto::rng::Rng;
-use crate::nats::{NatsConfig, NatsError};
+use crate::nats::NatsError;
 use crate::wire::LeaveReason;
 
 /// Heartbeats a peer may miss before it is declared lost.
@@ -64,120 +68,17 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 /// A publish: subject and payload to the NATS client (`NatsLink::publish`).
 pub type Publish<'a> = dyn FnMut(&str, &[u8]) -> Result<(), NatsError> + 'a;
 
-/// Everything a relay needs to join a cluster (`NetConfig::federation`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct FederationConfig {
-    /// This relay's id, 1..=255, unique in the cluster: the high byte of its client ids.
-    pub relay_id: u8,
-    /// The cluster's name: one NATS subject token (1-64 bytes of `A-Z a-z 0-9 _ -`).
-    pub cluster: String,
-    /// The cluster key (Fernet): seals every federation message.
-    pub key: FernetKey,
-    /// How often this relay says it is alive (default 1 s); a relay silent for three
-    /// intervals is lost.
-    pub heartbeat: Duration,
-    /// The NATS client: servers, credentials, timers ([`FederationConfig::new`] sets ones
-    /// suited to federation).
-    pub nats: NatsConfig,
-}
-
-impl fmt::Debug for FederationConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FederationConfig")
-            .field("relay_id", &self.relay_id)
-            .field("cluster", &self.cluster)
-            .field("key", &"<redacted>")
-            .field("heartbeat", &self.heartbeat)
-            .field("nats", &self.nats)
-            .finish()
-    }
-}
-
-impl FederationConfig {
-    /// Relay `relay_id` of `cluster`, sealing with `key`, over the NATS `servers`. The NATS
-    /// client pings every 2 s (a silently dead link is found within ~4-6 s), gives a connect
-    /// 1 s, and backs off from 50 ms to 2 s between failed attempts, so that a relay whose
-    /// server dies is on another within its first heartbeats.
-    pub fn new(relay_id: u8, cluster: &str, key: FernetKey, servers: Vec<SocketAddr>) -> Self {
-        FederationConfig {
-            relay_id,
-            cluster: cluster.to_string(),
-            key,
-            heartbeat: Duration::from_secs(1),
-            nats: NatsConfig {
-                servers,
-                name: format!("mcrelay-{cluster}-{relay_id}"),
-                ping_interval: Duration::from_secs(2),
-                connect_timeout: Duration::from_secs(1),
-                reconnect_base: Duration::from_millis(50),
-                reconnect_max: Duration::from_secs(2),
-                ..NatsConfig::default()
-            },
-        }
-    }
-
-    /// Check every field (and the NATS client's); the error names the first bad one
-    /// (`federation.relay_id`, `federation.cluster`, `federation.heartbeat`,
-    /// `federation.nats.<field>`).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.relay_id == 0 {
-            return Err(ConfigError::new("federation.relay_id", "must be 1..=255"));
-        }
-        if !wire::valid_cluster(&self.cluster) {
-            return Err(ConfigError::new(
-                "federation.cluster",
-                "must be 1-64 characters of A-Z a-z 0-9 _ -",
-            ));
-        }
-        if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&self.heartbeat) {
-            return Err(ConfigError::new(
-                "federation.heartbeat",
-                "must be between 100ms and 60s",
-            ));
-        }
-        self.nats.validate().map_err(|e| {
-            let field = match e.field {
-                "servers" => "federation.nats.servers",
-                "auth" => "federation.nats.auth",
-                "name" => "federation.nats.name",
-                _ => "federation.nats",
-            };
-            ConfigError::new(field, e.problem)
-        })
-    }
-}
-
-/// At most this many warnings a second (the rest go to debug).
-#[derive(Debug)]
-struct LogLimit {
-    window: Instant,
-    lines: u32,
-}
-
-impl LogLimit {
-    fn allow(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
-            self.window = now;
-            self.lines = 0;
-        }
-        self.lines += 1;
-        self.lines <= 10
-    }
-}
-
 /// The federation state machine. See the [module docs](self).
 pub struct Federation {
     id: u8,
+    /// Opens what peers publish.
     key: FernetKey,
     interval: Duration,
-    subject: String,
     filter: String,
     incarnation: u64,
-    /// The last sequence number published.
-    seq: u64,
-    rng: Rng,
-    start: Instant,
-    unix_at_start: u64,
+    clock: Clock,
+    /// Seals and publishes ours.
+    out: Outbound,
     /// By relay id.
     peers: Vec<Option<Peer>>,
     /// The ids of `peers` that are there, ascending (peers are never removed). The per-turn
@@ -195,11 +96,8 @@ pub struct Federation {
     roster_due: bool,
     last_roster: Option<Instant>,
     sync_all_due: bool,
-    plain: Vec<u8>,
-    token: Vec<u8>,
     opened: Vec<u8>,
     record: Vec<u8>,
-    scratch: Vec<u8>,
     log: LogLimit,
     shut_down: bool,
 }
@@ -208,9 +106,9 @@ impl fmt::Debug for Federation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Federation")
             .field("relay_id", &self.id)
-            .field("subject", &self.subject)
+            .field("subject", &self.out.subject())
             .field("incarnation", &self.incarnation)
-            .field("seq", &self.seq)
+            .field("seq", &self.out.seq())
             .field("up", &self.up)
             .field("server", &self.server)
             .field("cut_off", &self.cut_off)
@@ -230,17 +128,26 @@ impl Federation {
         unix_micros: u64,
     ) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let clock = Clock {
+            start: now,
+            unix_at_start: unix_micros / 1_000_000,
+        };
+        let subject = wire::subject(&cfg.cluster, cfg.relay_id);
         Ok(Federation {
             id: cfg.relay_id,
             key: cfg.key.clone(),
             interval: cfg.heartbeat,
-            subject: wire::subject(&cfg.cluster, cfg.relay_id),
             filter: wire::filter(&cfg.cluster),
             incarnation: unix_micros,
-            seq: 0,
-            rng,
-            start: now,
-            unix_at_start: unix_micros / 1_000_000,
+            clock,
+            out: Outbound::new(
+                cfg.relay_id,
+                unix_micros,
+                cfg.key.clone(),
+                subject,
+                rng,
+                clock,
+            ),
             peers: (0..256).map(|_| None).collect(),
             known: Vec::new(),
             up: false,
@@ -253,15 +160,9 @@ impl Federation {
             roster_due: false,
             last_roster: None,
             sync_all_due: false,
-            plain: Vec::with_capacity(2048),
-            token: Vec::with_capacity(2048),
             opened: Vec::with_capacity(2048),
             record: Vec::new(),
-            scratch: Vec::new(),
-            log: LogLimit {
-                window: now,
-                lines: 0,
-            },
+            log: LogLimit::new(now),
             shut_down: false,
         })
     }
@@ -278,7 +179,7 @@ impl Federation {
 
     /// The subject this relay publishes to.
     pub fn subject(&self) -> &str {
-        &self.subject
+        self.out.subject()
     }
 
     /// The subscription that receives every relay of the cluster.
@@ -325,10 +226,6 @@ impl Federation {
             peers_up: known.clone().filter(|p| p.alive()).count() as u64,
             peers_known: known.count() as u64,
         }
-    }
-
-    fn unix(&self, now: Instant) -> u64 {
-        self.unix_at_start + now.saturating_duration_since(self.start).as_secs()
     }
 
     // ---------------------------------------------------------------- the link
@@ -402,7 +299,13 @@ impl Federation {
                 return;
             }
         };
-        if fernet::check_timestamp(ts, self.unix(now), Some(TOKEN_TTL_SECS), MAX_SKEW_SECS).is_err()
+        if fernet::check_timestamp(
+            ts,
+            self.clock.unix(now),
+            Some(TOKEN_TTL_SECS),
+            MAX_SKEW_SECS,
+        )
+        .is_err()
         {
             core.stats_mut().federation_stale += 1;
             if self.log.allow(now) {
@@ -536,23 +439,9 @@ impl Federation {
                 roster,
                 received,
             } => {
-                peer.interval = Duration::from_millis(u64::from(interval_ms));
-                peer.last_heartbeat = Some(now);
-                peer.advertised = roster;
-                peer.msgs_out = received.get(id).unwrap_or(0);
-                if core.remote_digest(origin) == roster {
-                    if peer.state == PeerState::Syncing {
-                        debug!(
-                            "federation: relay {origin}'s roster matches ({} members)",
-                            roster.members
-                        );
-                        peer.state = PeerState::Up;
-                    }
-                    peer.sync_wanted = false;
-                } else if peer.pending.is_none() {
-                    peer.state = PeerState::Syncing;
-                    peer.sync_wanted = true;
-                }
+                let ours = received.get(id).unwrap_or(0);
+                let matches = core.remote_digest(origin) == roster;
+                peer.heartbeat(now, interval_ms, roster, ours, matches);
             }
             Msg::Roster {
                 snapshot,
@@ -561,34 +450,7 @@ impl Federation {
                 total,
                 entries,
             } => {
-                if part == 0 {
-                    peer.pending = Some(PendingRoster {
-                        snapshot,
-                        next_part: 0,
-                        parts,
-                        total,
-                        entries: Vec::new(),
-                    });
-                }
-                let Some(p) = peer.pending.as_mut() else {
-                    return; // a part without its beginning
-                };
-                if p.snapshot != snapshot || p.next_part != part || p.parts != parts {
-                    peer.pending = None;
-                    peer.sync_wanted = true;
-                    return;
-                }
-                p.next_part += 1;
-                let room = crate::core::MAX_REMOTE_PER_RELAY.saturating_sub(p.entries.len());
-                p.entries.extend(
-                    entries
-                        .iter()
-                        .take(room)
-                        .map(|(id, n)| (id, n.map(str::to_string))),
-                );
-                if p.next_part == p.parts
-                    && let Some(done) = peer.pending.take()
-                {
+                if let Some(done) = peer.roster_part(snapshot, part, parts, total, entries) {
                     self.apply_roster(now, origin, done, core);
                 }
             }
@@ -650,41 +512,6 @@ impl Federation {
 
     // ---------------------------------------------------------------- output
 
-    /// Seal and publish one message; false (and counted) when the NATS client refused it.
-    fn send(
-        &mut self,
-        now: Instant,
-        core: &mut RelayCore,
-        publish: &mut Publish<'_>,
-        msg: &Msg<'_>,
-    ) -> bool {
-        let h = Header {
-            origin: self.id,
-            incarnation: self.incarnation,
-            seq: self.seq + 1,
-        };
-        self.plain.clear();
-        wire::write(&mut self.plain, &h, msg);
-        self.token.clear();
-        let iv = self.rng.iv();
-        let unix = self.unix(now);
-        fernet::encrypt_raw_into(&self.key, &iv, unix, &self.plain, &mut self.token);
-        match publish(&self.subject, &self.token) {
-            Ok(()) => {
-                self.seq = h.seq;
-                core.stats_mut().federation_published += 1;
-                true
-            }
-            Err(e) => {
-                core.stats_mut().federation_publish_dropped += 1;
-                if self.log.allow(now) {
-                    warn!("federation: publish refused: {e}");
-                }
-                false
-            }
-        }
-    }
-
     /// Publish what the core recorded (local joins, leaves, messages), then what is due
     /// (roster requests, our roster, a heartbeat). Call after every loop turn that may have
     /// relayed something; cheap when there is nothing.
@@ -695,7 +522,7 @@ impl Federation {
         if !core.local_record_is_empty() {
             let mut record = std::mem::take(&mut self.record);
             core.swap_local_record(&mut record);
-            self.publish_record(now, &record, core, publish);
+            self.out.record(now, &record, self.cut_off, core, publish);
             record.clear();
             self.record = record;
         }
@@ -704,7 +531,7 @@ impl Federation {
         }
         if std::mem::take(&mut self.sync_all_due) {
             core.stats_mut().federation_roster_requests += 1;
-            self.send(now, core, publish, &Msg::Sync { target: 0 });
+            self.out.send(now, core, publish, &Msg::Sync { target: 0 });
         }
         for i in 0..self.known.len() {
             let slot = usize::from(self.known[i]);
@@ -715,7 +542,7 @@ impl Federation {
                 let target = slot as u8;
                 core.stats_mut().federation_roster_requests += 1;
                 debug!("federation: asking relay {target} for its roster");
-                self.send(now, core, publish, &Msg::Sync { target });
+                self.out.send(now, core, publish, &Msg::Sync { target });
                 if let Some(p) = self.peers[slot].as_mut() {
                     p.sync_sent = Some(now);
                     p.sync_wanted = false;
@@ -729,104 +556,24 @@ impl Federation {
         {
             self.roster_due = false;
             self.last_roster = Some(now);
-            self.publish_roster(now, core, publish);
+            self.out.roster(now, core, publish);
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.interval;
-            self.publish_heartbeat(now, core, publish);
+            let received = self
+                .known
+                .iter()
+                .filter_map(|&id| self.peers[usize::from(id)].as_ref())
+                .filter(|p| p.alive())
+                .map(|p| (p.id, p.msgs_in_incarnation));
+            self.out
+                .heartbeat(now, self.interval, received, core, publish);
         }
     }
 
     /// The least time between two rosters of ours (requests within it are answered once).
     fn roster_gap(&self) -> Duration {
         (self.interval / 4).max(Duration::from_millis(20))
-    }
-
-    fn publish_record(
-        &mut self,
-        now: Instant,
-        record: &[u8],
-        core: &mut RelayCore,
-        publish: &mut Publish<'_>,
-    ) {
-        for rec in local_records(record) {
-            let msg = match rec {
-                LocalRecord::Message { sender, name, data } => Msg::Data {
-                    sender,
-                    name: name.and_then(|n| std::str::from_utf8(n).ok()),
-                    data,
-                },
-                LocalRecord::Join { id, name } => Msg::Join {
-                    client: id,
-                    name: name.and_then(|n| std::str::from_utf8(n).ok()),
-                },
-                LocalRecord::Leave { id, reason } => Msg::Leave { client: id, reason },
-                LocalRecord::Shutdown => continue,
-            };
-            if self.cut_off {
-                // Peers have declared us lost; our roster follows the reconnect.
-                if matches!(msg, Msg::Data { .. }) {
-                    core.stats_mut().federation_publish_dropped += 1;
-                }
-                continue;
-            }
-            let data = matches!(msg, Msg::Data { .. });
-            if self.send(now, core, publish, &msg) && data {
-                core.stats_mut().federation_data_out += 1;
-            }
-        }
-    }
-
-    fn publish_heartbeat(&mut self, now: Instant, core: &mut RelayCore, publish: &mut Publish<'_>) {
-        let mut pairs = std::mem::take(&mut self.scratch);
-        pairs.clear();
-        for p in self.known_peers().filter(|p| p.alive()).take(255) {
-            pairs.push(p.id);
-            pairs.extend_from_slice(&p.msgs_in_incarnation.to_be_bytes());
-        }
-        let msg = Msg::Heartbeat {
-            interval_ms: self.interval.as_millis().min(u128::from(u32::MAX)) as u32,
-            roster: core.local_digest(),
-            received: wire::heartbeat_pairs(&pairs),
-        };
-        self.send(now, core, publish, &msg);
-        self.scratch = pairs;
-    }
-
-    /// Our roster, in parts of at most [`wire::ROSTER_PART_BYTES`] of entries.
-    fn publish_roster(&mut self, now: Instant, core: &mut RelayCore, publish: &mut Publish<'_>) {
-        let total = core.local_digest();
-        let mut bytes = std::mem::take(&mut self.scratch);
-        bytes.clear();
-        let mut cuts = vec![0usize];
-        for (id, name) in core.local_roster() {
-            if bytes.len() - cuts[cuts.len() - 1] >= wire::ROSTER_PART_BYTES {
-                cuts.push(bytes.len());
-            }
-            wire::put_entry(&mut bytes, id, name);
-        }
-        cuts.push(bytes.len());
-        let parts = (cuts.len() - 1).min(usize::from(wire::MAX_ROSTER_PARTS)) as u16;
-        let snapshot = self.seq + 1;
-        debug!(
-            "federation: publishing our roster ({} members, {parts} parts)",
-            total.members
-        );
-        for part in 0..parts {
-            let (a, b) = (cuts[usize::from(part)], cuts[usize::from(part) + 1]);
-            let msg = Msg::Roster {
-                snapshot,
-                part,
-                parts,
-                total,
-                entries: wire::roster_entries(&bytes[a..b]),
-            };
-            if !self.send(now, core, publish, &msg) {
-                // A refused part breaks the snapshot's numbering; peers will ask again.
-                break;
-            }
-        }
-        self.scratch = bytes;
     }
 
     // ---------------------------------------------------------------- time
@@ -840,7 +587,7 @@ impl Federation {
         for p in self.known_peers().filter(|p| p.alive()) {
             at = at.min(p.deadline(MISSED_HEARTBEATS));
             if self.up && p.sync_wanted {
-                at = at.min(p.sync_sent.map_or(self.start, |t| t + p.interval));
+                at = at.min(p.sync_sent.map_or(self.clock.start, |t| t + p.interval));
             }
         }
         if let Some(d) = self.down_since.filter(|_| !self.cut_off && !self.up) {
@@ -849,7 +596,7 @@ impl Federation {
         if self.up && (self.roster_due || self.sync_all_due) {
             at = at.min(
                 self.last_roster
-                    .map_or(self.start, |t| t + self.roster_gap()),
+                    .map_or(self.clock.start, |t| t + self.roster_gap()),
             );
         }
         Some(at)
@@ -911,7 +658,7 @@ impl Federation {
         }
         self.flush(now, core, publish);
         if !self.cut_off {
-            self.send(now, core, publish, &Msg::Bye);
+            self.out.send(now, core, publish, &Msg::Bye);
         }
         self.shut_down = true;
     }

@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::core::RosterDigest;
+use log::debug;
+
+use super::wire::Entries;
+use crate::core::{MAX_REMOTE_PER_RELAY, RosterDigest};
 use crate::proto::replay::ReplayWindow;
 
 /// Where a peer relay stands.
@@ -141,6 +144,78 @@ impl Peer {
         self.msgs_out = 0;
     }
 
+    /// Its heartbeat: it beats every `interval_ms`, has `roster` (which `matches` what we
+    /// hold of it, or not: then a roster is wanted, unless one is arriving), and received
+    /// `ours` of our messages this incarnation.
+    pub(crate) fn heartbeat(
+        &mut self,
+        now: Instant,
+        interval_ms: u32,
+        roster: RosterDigest,
+        ours: u64,
+        matches: bool,
+    ) {
+        self.interval = Duration::from_millis(u64::from(interval_ms));
+        self.last_heartbeat = Some(now);
+        self.advertised = roster;
+        self.msgs_out = ours;
+        if matches {
+            if self.state == PeerState::Syncing {
+                debug!(
+                    "federation: relay {}'s roster matches ({} members)",
+                    self.id, roster.members
+                );
+                self.state = PeerState::Up;
+            }
+            self.sync_wanted = false;
+        } else if self.pending.is_none() {
+            self.state = PeerState::Syncing;
+            self.sync_wanted = true;
+        }
+    }
+
+    /// One part of its roster snapshot; the whole snapshot once its last part is in. A part
+    /// out of order, of another snapshot or without its beginning drops what was gathered
+    /// and asks for a new one (part 0 always starts over). At most
+    /// [`MAX_REMOTE_PER_RELAY`] entries are kept.
+    pub(crate) fn roster_part(
+        &mut self,
+        snapshot: u64,
+        part: u16,
+        parts: u16,
+        total: RosterDigest,
+        entries: Entries<'_>,
+    ) -> Option<PendingRoster> {
+        if part == 0 {
+            self.pending = Some(PendingRoster {
+                snapshot,
+                next_part: 0,
+                parts,
+                total,
+                entries: Vec::new(),
+            });
+        }
+        let p = self.pending.as_mut()?; // a part without its beginning
+        if p.snapshot != snapshot || p.next_part != part || p.parts != parts {
+            self.pending = None;
+            self.sync_wanted = true;
+            return None;
+        }
+        p.next_part += 1;
+        let room = MAX_REMOTE_PER_RELAY.saturating_sub(p.entries.len());
+        p.entries.extend(
+            entries
+                .iter()
+                .take(room)
+                .map(|(id, n)| (id, n.map(str::to_string))),
+        );
+        if p.next_part == p.parts {
+            self.pending.take()
+        } else {
+            None
+        }
+    }
+
     /// Declared lost when nothing of it was accepted for this long.
     pub(crate) fn deadline(&self, missed: u32) -> Instant {
         self.last_heard + self.interval * missed
@@ -168,5 +243,97 @@ impl Peer {
             duplicates: self.duplicates,
             resyncs: self.resyncs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::federation::wire::{put_entry, roster_entries};
+
+    fn digest(members: u32) -> RosterDigest {
+        RosterDigest {
+            members,
+            ..RosterDigest::default()
+        }
+    }
+
+    fn peer(now: Instant) -> Peer {
+        Peer::new(4, 1, now, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn a_heartbeat_confirms_a_matching_roster_and_asks_for_a_differing_one() {
+        let now = Instant::now();
+        let mut p = peer(now);
+        p.heartbeat(now, 250, digest(3), 17, true);
+        assert_eq!(p.state, PeerState::Up);
+        assert_eq!(p.interval, Duration::from_millis(250));
+        assert_eq!((p.msgs_out, p.advertised.members), (17, 3));
+        assert!(!p.sync_wanted);
+        p.heartbeat(now, 250, digest(4), 18, false);
+        assert_eq!(p.state, PeerState::Syncing);
+        assert!(p.sync_wanted);
+    }
+
+    #[test]
+    fn a_heartbeat_does_not_ask_while_a_roster_is_arriving() {
+        let now = Instant::now();
+        let mut p = peer(now);
+        let bytes = {
+            let mut b = Vec::new();
+            put_entry(&mut b, 0x0400_0001, Some("a"));
+            b
+        };
+        assert!(
+            p.roster_part(9, 0, 2, digest(2), roster_entries(&bytes))
+                .is_none()
+        );
+        p.heartbeat(now, 1000, digest(2), 0, false);
+        assert!(!p.sync_wanted, "the roster being received will settle it");
+    }
+
+    #[test]
+    fn roster_parts_in_order_make_one_snapshot_and_anything_else_breaks_it() {
+        let now = Instant::now();
+        let mut p = peer(now);
+        let part = |id: u32| {
+            let mut b = Vec::new();
+            put_entry(&mut b, id, None);
+            b
+        };
+        let (a, b, c) = (part(1), part(2), part(3));
+        assert!(
+            p.roster_part(5, 0, 3, digest(3), roster_entries(&a))
+                .is_none()
+        );
+        assert!(
+            p.roster_part(5, 1, 3, digest(3), roster_entries(&b))
+                .is_none()
+        );
+        let done = p
+            .roster_part(5, 2, 3, digest(3), roster_entries(&c))
+            .expect("whole");
+        let ids: Vec<u32> = done.entries.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(p.pending.is_none());
+
+        // Part 2 after part 0: the snapshot is dropped and a new one wanted.
+        assert!(
+            p.roster_part(6, 0, 3, digest(3), roster_entries(&a))
+                .is_none()
+        );
+        assert!(
+            p.roster_part(6, 2, 3, digest(3), roster_entries(&c))
+                .is_none()
+        );
+        assert!(p.pending.is_none() && p.sync_wanted);
+        // A part of another snapshot, or without its beginning: nothing.
+        p.sync_wanted = false;
+        assert!(
+            p.roster_part(7, 1, 3, digest(3), roster_entries(&b))
+                .is_none()
+        );
+        assert!(p.pending.is_none() && !p.sync_wanted);
     }
 }
