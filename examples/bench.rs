@@ -124,6 +124,7 @@ pub struct Opts {
     pub core_timers: bool,
     pub perf: Option<u32>,
     pub scrape_ms: Option<u64>,
+    pub scrape_windows: Option<u64>,
 }
 
 const USAGE: &str = "\
@@ -165,6 +166,10 @@ cargo run --release --features internals --example bench -- [FLAGS]
   --scrape-ms MS     instead of baseline vs relay: the relay without and with its HTTP monitor
                      on, a thread doing GET /metrics every MS ms on a kept-alive connection
                      (as Prometheus does) for the whole run; reports both and their ratio
+  --scrape-windows W with --scrape-ms: the scraped relay is scraped only in every other W ms
+                     window of the run, and each message's latency is counted by the window
+                     it was sent in: scrapes on and off in the same run, interleaved
+                     (on_p99_us, off_p99_us, on_p99_per_off_p99)
   --core-only M      no sockets: drive RelayCore directly (sans-IO) with --clients clients and
                      M messages from client 0, for a profiler, e.g.
                      valgrind --tool=callgrind --toggle-collect='*relay_messages*' ...
@@ -238,6 +243,7 @@ fn parse() -> Result<Opts, String> {
         core_timers: a.contains("--core-timers"),
         perf: a.opt_value_from_str("--perf").map_err(e)?,
         scrape_ms: a.opt_value_from_str("--scrape-ms").map_err(e)?,
+        scrape_windows: a.opt_value_from_str("--scrape-windows").map_err(e)?,
         systems,
     };
     let rest = a.finish();
@@ -269,6 +275,17 @@ fn parse() -> Result<Opts, String> {
     }
     if o.scrape_ms == Some(0) {
         return Err("--scrape-ms must be positive".into());
+    }
+    match o.scrape_windows {
+        Some(0) => return Err("--scrape-windows must be positive".into()),
+        Some(_) if o.scrape_ms.is_none() => {
+            return Err("--scrape-windows needs --scrape-ms".into());
+        }
+        Some(w) => {
+            let window = std::time::Duration::from_millis(w);
+            let _ = scrape::WINDOWS.set((std::time::Instant::now(), window));
+        }
+        None => {}
     }
     if o.rate <= 0.0 || o.duration <= 0.0 || o.trial_secs <= 0.0 || o.runs == 0 {
         return Err("--rate, --duration, --trial-secs, --runs must be positive".into());

@@ -57,6 +57,9 @@ pub struct Gen {
     seq: u64,
     received: u64,
     hist: Vec<u32>,
+    /// `--scrape-windows`: the same histogram split by the window each message was sent in.
+    hist_on: Vec<u32>,
+    hist_off: Vec<u32>,
     lat_max_ns: u64,
     last_rx: Instant,
     joined: Vec<bool>,
@@ -78,6 +81,8 @@ pub struct Trial {
     pub gen_cpu: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// `--scrape-windows`: p50 and p99 of the messages sent in "on" and in "off" windows.
+    pub windows: Option<[f64; 4]>,
     pub max_us: f64,
     pub allocs: u64,
     pub server_drops: u64,
@@ -124,6 +129,8 @@ impl Gen {
             seq: 0,
             received: 0,
             hist: vec![0; HIST_US],
+            hist_on: vec![0; HIST_US],
+            hist_off: vec![0; HIST_US],
             lat_max_ns: 0,
             last_rx: now,
             joined: Vec::new(),
@@ -357,7 +364,13 @@ impl Gen {
         let ts = u64::from_le_bytes(data[12..20].try_into().unwrap());
         let lat = now_ns.saturating_sub(ts);
         self.received += 1;
-        self.hist[((lat / 1000) as usize).min(HIST_US - 1)] += 1;
+        let bucket = ((lat / 1000) as usize).min(HIST_US - 1);
+        self.hist[bucket] += 1;
+        match crate::scrape::window_on(self.epoch + Duration::from_nanos(ts)) {
+            Some(true) => self.hist_on[bucket] += 1,
+            Some(false) => self.hist_off[bucket] += 1,
+            None => {}
+        }
         self.lat_max_ns = self.lat_max_ns.max(lat);
     }
 
@@ -444,13 +457,18 @@ impl Gen {
     }
 
     fn percentile(&self, q: f64) -> f64 {
-        let total: u64 = self.hist.iter().map(|&c| u64::from(c)).sum();
+        Self::quantile(&self.hist, q)
+    }
+
+    /// The `q` quantile of a histogram of 1 µs buckets (its bucket's upper bound, µs).
+    fn quantile(hist: &[u32], q: f64) -> f64 {
+        let total: u64 = hist.iter().map(|&c| u64::from(c)).sum();
         if total == 0 {
             return f64::NAN;
         }
         let want = ((total as f64) * q).ceil().max(1.0) as u64;
         let mut acc = 0u64;
-        for (us, &c) in self.hist.iter().enumerate() {
+        for (us, &c) in hist.iter().enumerate() {
             acc += u64::from(c);
             if acc >= want {
                 return us as f64 + 1.0; // bucket upper bound
@@ -478,6 +496,8 @@ impl Gen {
         self.trial += 1;
         self.received = 0;
         self.hist.iter_mut().for_each(|c| *c = 0);
+        self.hist_on.iter_mut().for_each(|c| *c = 0);
+        self.hist_off.iter_mut().for_each(|c| *c = 0);
         self.lat_max_ns = 0;
         let recipients = (self.socks.len() - 1) as u64;
         let gauges0 = server.gauges();
@@ -563,6 +583,14 @@ impl Gen {
             gen_cpu: gcpu,
             p50_us: self.percentile(0.50),
             p99_us: self.percentile(0.99),
+            windows: crate::scrape::WINDOWS.get().map(|_| {
+                [
+                    Self::quantile(&self.hist_on, 0.50),
+                    Self::quantile(&self.hist_on, 0.99),
+                    Self::quantile(&self.hist_off, 0.50),
+                    Self::quantile(&self.hist_off, 0.99),
+                ]
+            }),
             max_us: self.lat_max_ns as f64 / 1000.0,
             allocs: ALLOCS.load(Ordering::Relaxed) - allocs0,
             server_drops: drops1.0 - drops0.0,

@@ -141,6 +141,17 @@ pub fn measure(o: &Opts, sys: Sys, server: &Server) -> Figures {
         f.push(("p50_us", t.p50_us));
         f.push(("p99_us", t.p99_us));
         f.push(("max_us", t.max_us));
+        if let Some([p50_on, p99_on, p50_off, p99_off]) = t.windows {
+            eprintln!(
+                "  windows: sent in scrape-on windows p50 {p50_on:.0} p99 {p99_on:.0} us, \
+                 in off windows p50 {p50_off:.0} p99 {p99_off:.0} us"
+            );
+            f.push(("on_p50_us", p50_on));
+            f.push(("on_p99_us", p99_on));
+            f.push(("off_p50_us", p50_off));
+            f.push(("off_p99_us", p99_off));
+            f.push(("on_p99_per_off_p99", p99_on / p99_off));
+        }
         t
     };
     f.push(("deliveries_per_s", main.deliveries_per_s));

@@ -16,6 +16,29 @@ use crate::measure::Figures;
 use crate::os;
 use crate::server::{SERVER_CPU, bench_config};
 
+/// `--scrape-windows MS`: time cut into windows of MS from the start of the process;
+/// scrapes only in the odd ones ("on"), and the generator sorts each message's latency by the
+/// window it was sent in, so that on and off are measured in the same run, interleaved second
+/// by second, and whatever else the machine does hits both alike.
+pub static WINDOWS: std::sync::OnceLock<(Instant, Duration)> = std::sync::OnceLock::new();
+
+/// With `--scrape-windows`: is `t` in an "on" window? Else None.
+pub fn window_on(t: Instant) -> Option<bool> {
+    let (base, w) = WINDOWS.get()?;
+    let k = t.saturating_duration_since(*base).as_nanos() / w.as_nanos().max(1);
+    Some(k % 2 == 1)
+}
+
+/// With `--scrape-windows`: how long from `t` to the start of the next window.
+fn until_next_window(t: Instant) -> Duration {
+    let Some((base, w)) = WINDOWS.get() else {
+        return Duration::ZERO;
+    };
+    let since = t.saturating_duration_since(*base).as_nanos();
+    let w = w.as_nanos().max(1);
+    Duration::from_nanos((w - since % w) as u64)
+}
+
 /// GET /metrics every `interval` on one kept-alive connection.
 pub struct Scraper {
     stop: Arc<AtomicBool>,
@@ -40,6 +63,12 @@ impl Scraper {
             let mut buf = vec![0u8; 256 * 1024];
             let mut next = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
+                if window_on(Instant::now()) == Some(false) {
+                    // An "off" window: no scrape until the next one begins.
+                    std::thread::sleep(until_next_window(Instant::now()).min(interval));
+                    next = Instant::now();
+                    continue;
+                }
                 let t = Instant::now();
                 s.write_all(req.as_bytes()).expect("scrape write");
                 // Read the head, then Content-Length bytes of body.
